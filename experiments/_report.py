@@ -1,0 +1,100 @@
+"""Helpers shared by the experiments: output folders, atomic writes, headless plots.
+
+The experiment layer owns files and plots; the library never writes to disk (except
+the data cache).
+"""
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+
+matplotlib.use("Agg")  # headless: experiments run on machines without a display
+
+
+def output_dir(path: str | os.PathLike) -> Path:
+    """Create `path` (and parents) and check it is writable; exit with a one-line
+    error otherwise."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise SystemExit(f"error: output directory {out} is not writable ({error}).")
+    return out
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that readers see the old or the new file, never a
+    half-written one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=2, default=_to_builtin) + "\n")
+
+
+def append_jsonl(path: Path, record: Any) -> None:
+    """Append one JSON line with a single `write` on an `O_APPEND` file, then fsync:
+    an interrupted run never leaves a partial line behind a complete one."""
+    line = json.dumps(record, default=_to_builtin) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def environment() -> dict[str, str]:
+    """Versions and machine facts recorded with every result."""
+    import importlib.metadata
+
+    import jax
+
+    versions = {}
+    for package in ("fwdeqx", "jax", "jaxlib", "equinox", "optax", "grain", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return {
+        **versions,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": str(os.cpu_count()),
+        "jax_backend": jax.default_backend(),
+        "jax_devices": ", ".join(str(d) for d in jax.devices()),
+    }
+
+
+def _to_builtin(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if hasattr(value, "__array__"):
+        return np.asarray(value).tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
