@@ -2,6 +2,7 @@
 returning forward gradients instead of reverse-mode gradients."""
 
 import functools as ft
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -11,13 +12,14 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import PRNGKeyArray, PyTree
 
+from ._combine import AbstractCombiner
 from ._directional import (
     check_scalar_output,
     value_and_directional_derivative,
     value_and_directional_derivatives,
 )
 from ._structured import densify, scale_tangent, weighted_tangent_sum
-from ._tangents import AbstractTangentDistribution, Gaussian
+from ._tangents import AbstractTangentDistribution, Gaussian, tree_size
 
 
 def check_key(key: Any, name: str) -> None:
@@ -27,8 +29,10 @@ def check_key(key: Any, name: str) -> None:
             "`key=jax.random.key(0)`; split a fresh key for every call. The key is "
             "consumed by the transformation and not passed to your function."
         )
-    is_typed_key = isinstance(key, jax.Array) and jnp.issubdtype(
-        key.dtype, jax.dtypes.prng_key
+    is_typed_key = (
+        isinstance(key, jax.Array)
+        and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        and key.shape == ()
     )
     is_raw_key = (
         isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
@@ -111,9 +115,11 @@ def fwd_value_and_grad(
     tangents: AbstractTangentDistribution,
     num_tangents: int,
     name: str = "fwdeqx.filter_value_and_fwd_grad",
+    combine: AbstractCombiner | None = None,
 ) -> tuple[Any, PyTree]:
     """Forward gradient of `fun(x, *args, **kwargs)` with respect to the inexact
-    array leaves of `x`: the mean over `num_tangents` tangents v_k of (∇f·v_k) v_k.
+    array leaves of `x`: the mean over `num_tangents` tangents v_k of (∇f·v_k) v_k,
+    or, with a `combine`r, its combination of the K directional derivatives.
     """
     check_key(key, name)
 
@@ -123,7 +129,13 @@ def fwd_value_and_grad(
         return value, _stop_gradient(aux)
 
     like = eqx.filter(x, eqx.is_inexact_array)
-    if num_tangents == 1:
+    if combine is not None:
+        num_parameters = tree_size(like)
+        stack = sample_tangents(tangents, key, like, num_tangents)
+        stack = combine.prepare(stack, num_parameters)
+        (value, aux), derivatives = value_and_directional_derivatives(fn, x, stack)
+        grad = combine(derivatives, stack, num_parameters)
+    elif num_tangents == 1:
         tangent = tangents(key, like)
         (value, aux), derivative = value_and_directional_derivative(fn, x, tangent)
         grad = densify(scale_tangent(tangent, derivative))
@@ -132,6 +144,20 @@ def fwd_value_and_grad(
         (value, aux), derivatives = value_and_directional_derivatives(fn, x, stack)
         grad = weighted_tangent_sum(derivatives / num_tangents, stack)
     return ((value, aux) if has_aux else value), grad
+
+
+def signature_with_key(fun: Callable) -> inspect.Signature | None:
+    """`fun`'s signature plus the keyword-only `key` the transformation consumes, so
+    that `eqx.filter_jit` and `inspect` bind calls correctly."""
+    try:
+        signature = inspect.signature(fun)
+    except (TypeError, ValueError):
+        return None
+    params = [p for p in signature.parameters.values() if p.name != "key"]
+    key = inspect.Parameter("key", inspect.Parameter.KEYWORD_ONLY)
+    before = [p for p in params if p.kind != inspect.Parameter.VAR_KEYWORD]
+    after = [p for p in params if p.kind == inspect.Parameter.VAR_KEYWORD]
+    return signature.replace(parameters=[*before, key, *after])
 
 
 class _ValueAndFwdGradWrapper(eqx.Module):
@@ -144,7 +170,11 @@ class _ValueAndFwdGradWrapper(eqx.Module):
     def __wrapped__(self):
         return self._fun
 
-    def __call__(self, *args, key: PRNGKeyArray | None = None, **kwargs):
+    @property
+    def __signature__(self):
+        return signature_with_key(self._fun)
+
+    def __call__(self, *args, key: Any = None, **kwargs):
         name = "fwdeqx.filter_value_and_fwd_grad"
         x, args = split_first_argument(args, kwargs, name)
         check_key(key, name)
@@ -175,7 +205,11 @@ class _FwdGradWrapper(eqx.Module):
     def __wrapped__(self):
         return self._fun_value_and_grad.__wrapped__
 
-    def __call__(self, *args, key: PRNGKeyArray | None = None, **kwargs):
+    @property
+    def __signature__(self):
+        return self._fun_value_and_grad.__signature__
+
+    def __call__(self, *args, key: Any = None, **kwargs):
         value, grad = self._fun_value_and_grad(*args, key=key, **kwargs)
         if self._has_aux:
             _, aux = value
