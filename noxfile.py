@@ -37,6 +37,6 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the benchmark suite; results go to results/bench/. `-- --quick` for a smoke run."""
+    """Run the benchmarks; results go to results/bench/ (`-- --quick`: smoke run)."""
     session.install("-e", ".[experiments]")
     session.run("python", "-m", "benchmarks", *session.posargs)

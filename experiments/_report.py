@@ -28,7 +28,9 @@ def output_dir(path: str | os.PathLike) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as error:
-        raise SystemExit(f"error: output directory {out} is not writable ({error}).")
+        raise SystemExit(
+            f"error: output directory {out} is not writable ({error})."
+        ) from None
     return out
 
 

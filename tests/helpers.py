@@ -18,14 +18,17 @@ def tree_allclose(x, y, *, rtol=1e-5, atol=1e-8) -> bool:
     return all(
         x_leaf.shape == y_leaf.shape
         and np.allclose(np.asarray(x_leaf), np.asarray(y_leaf), rtol=rtol, atol=atol)
-        for x_leaf, y_leaf in zip(jtu.tree_leaves(x_arrays), jtu.tree_leaves(y_arrays))
+        for x_leaf, y_leaf in zip(
+            jtu.tree_leaves(x_arrays), jtu.tree_leaves(y_arrays), strict=True
+        )
     )
 
 
 def tree_dot(x, y) -> jax.Array:
     """Σ over leaves of ⟨x_leaf, y_leaf⟩; `None` leaves are skipped."""
     products = [
-        jnp.vdot(a, b) for a, b in zip(jtu.tree_leaves(x), jtu.tree_leaves(y))
+        jnp.vdot(a, b)
+        for a, b in zip(jtu.tree_leaves(x), jtu.tree_leaves(y), strict=True)
     ]
     return sum(products, start=jnp.zeros((), products[0].dtype))
 

@@ -16,8 +16,10 @@ def _regression_problem(key):
     model_key, data_key, noise_key = jax.random.split(key, 3)
     model = eqx.nn.MLP(4, 1, 16, 1, jax.nn.tanh, key=model_key)
     x = jax.random.normal(data_key, (128, 4))
-    y = jnp.sin(x[:, :1]) + 0.5 * x[:, 1:2] + 0.05 * jax.random.normal(
-        noise_key, (128, 1)
+    y = (
+        jnp.sin(x[:, :1])
+        + 0.5 * x[:, 1:2]
+        + 0.05 * jax.random.normal(noise_key, (128, 1))
     )
 
     def loss(model, batch):

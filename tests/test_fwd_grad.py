@@ -37,9 +37,7 @@ class _ConvModule(eqx.Module):
 def _models_and_losses(key):
     k1, k2, k3, k4, k5 = jax.random.split(key, 5)
     mlp = eqx.nn.MLP(3, 2, 8, 2, key=k1)
-    odd = _OddModule(
-        eqx.nn.Linear(3, 4, key=k2), jnp.arange(3), jnp.tanh, 0.5, "odd"
-    )
+    odd = _OddModule(eqx.nn.Linear(3, 4, key=k2), jnp.arange(3), jnp.tanh, 0.5, "odd")
     conv = _ConvModule(
         eqx.nn.Conv2d(1, 2, 3, padding=1, key=k3), eqx.nn.Linear(2 * 5 * 5, 1, key=k4)
     )
@@ -224,7 +222,11 @@ def _loss(w):
     [
         (lambda f, w: f(w), TypeError, "key"),
         (lambda f, w: f(w, key=0), TypeError, "PRNG key"),
-        (lambda f, w: f(w, key=jax.random.split(jax.random.key(0))), TypeError, "single"),
+        (
+            lambda f, w: f(w, key=jax.random.split(jax.random.key(0))),
+            TypeError,
+            "single",
+        ),
         (lambda f, w: f(key=jax.random.key(0), w=w), TypeError, "by position"),
         (lambda f, w: f(key=jax.random.key(0)), TypeError, "positional"),
     ],

@@ -12,7 +12,9 @@ def test_beale_minimum_and_paper_point():
     assert np.allclose(jax.grad(testfns.beale)(minimum), 0.0, atol=1e-6)
     x, y = testfns.BEALE_PAPER_POINT
     expected = (
-        (1.5 - x + x * y) ** 2 + (2.25 - x + x * y**2) ** 2 + (2.625 - x + x * y**3) ** 2
+        (1.5 - x + x * y) ** 2
+        + (2.25 - x + x * y**2) ** 2
+        + (2.625 - x + x * y**3) ** 2
     )
     assert np.allclose(testfns.beale(jnp.array([x, y])), expected)
 

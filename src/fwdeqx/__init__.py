@@ -14,7 +14,7 @@ from ._fwd_grad import (
     filter_value_and_fwd_grad as filter_value_and_fwd_grad,
 )
 from ._lowrank import LowRank as LowRank, LowRankMatrix as LowRankMatrix
-from ._step import make_step as make_step, TrainStep as TrainStep
+from ._step import TrainStep as TrainStep, make_step as make_step
 from ._structured import AbstractStructuredTangent as AbstractStructuredTangent
 from ._tangents import (
     AbstractTangentDistribution as AbstractTangentDistribution,

@@ -11,6 +11,7 @@ from typing import Any
 import equinox as eqx
 from jaxtyping import PRNGKeyArray, PyTree
 
+from ._combine import AbstractCombiner, check_combiner
 from ._fwd_grad import check_num_tangents, check_tangents, fwd_value_and_grad
 from ._tangents import AbstractTangentDistribution, Gaussian
 
@@ -85,21 +86,31 @@ class ForwardGradient(AbstractEstimator):
 
     - `tangents`: the tangent distribution (default `fwdeqx.Gaussian()`).
     - `num_tangents`: K, the number of tangents averaged.
+    - `combine`: how the K directional derivatives become one estimate: `None`
+        (default) averages the K forward gradients; `fwdeqx.Mean(orthogonalize=True)`
+        averages along orthogonalised tangents; `fwdeqx.Projection()` projects ∇f
+        on the span of the tangents (biased by K/n, see its docs) and
+        `fwdeqx.Projection(rescale=True)` rescales it by n/K. All cost one batched
+        forward-mode pass.
 
     !!! Example
 
         ```python
         est = fwdeqx.ForwardGradient(fwdeqx.Rademacher(), num_tangents=4)
         value, grads = est(loss, model, x, y, key=key)
+        est = fwdeqx.ForwardGradient(num_tangents=16, combine=fwdeqx.Projection())
         ```
     """
 
     tangents: AbstractTangentDistribution = Gaussian()
     num_tangents: int = eqx.field(static=True, default=1)
+    combine: AbstractCombiner | None = None
 
     def __check_init__(self):
         check_tangents(self.tangents)
         check_num_tangents(self.num_tangents)
+        if self.combine is not None:
+            check_combiner(self.combine)
 
     def __call__(
         self,
@@ -121,6 +132,7 @@ class ForwardGradient(AbstractEstimator):
             tangents=self.tangents,
             num_tangents=self.num_tangents,
             name="fwdeqx.ForwardGradient",
+            combine=self.combine,
         )
 
     @property

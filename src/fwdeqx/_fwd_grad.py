@@ -203,11 +203,11 @@ class _FwdGradWrapper(eqx.Module):
 
     @property
     def __wrapped__(self):
-        return self._fun_value_and_grad.__wrapped__
+        return self._fun_value_and_grad.__wrapped__  # pyright: ignore
 
     @property
     def __signature__(self):
-        return self._fun_value_and_grad.__signature__
+        return self._fun_value_and_grad.__signature__  # pyright: ignore
 
     def __call__(self, *args, key: Any = None, **kwargs):
         value, grad = self._fun_value_and_grad(*args, key=key, **kwargs)
@@ -310,5 +310,6 @@ def filter_fwd_grad(
     value_and_grad = filter_value_and_fwd_grad(
         fun, has_aux=has_aux, tangents=tangents, num_tangents=num_tangents
     )
-    return eqx.module_update_wrapper(_FwdGradWrapper(value_and_grad, has_aux))
-
+    return eqx.module_update_wrapper(
+        _FwdGradWrapper(value_and_grad, has_aux)  # pyright: ignore
+    )

@@ -71,7 +71,7 @@ class _LowRankPerturbedLinear(eqx.Module):
     The factor slots hold zeros as primals; their tangents carry the factors.
     """
 
-    linear_weight: Array
+    linear_weight: Array | None  # None in the tangent tree
     bias: Array | None
     left_slot: Array
     right_slot: Array

@@ -89,7 +89,7 @@ def _random_signs(key: PRNGKeyArray, shape: tuple[int, ...], dtype) -> Array:
     size = math.prod(shape)
     words = jax.random.bits(key, (-(-size // 32),), jnp.uint32)
     shifts = jnp.arange(32, dtype=jnp.uint32)
-    bits = (words[:, None] >> shifts) & jnp.uint32(1)
+    bits = (words[:, None] >> shifts[None, :]) & jnp.uint32(1)
     signs = 1 - 2 * bits.reshape(-1)[:size].astype(dtype)
     return signs.reshape(shape)
 

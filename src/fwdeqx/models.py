@@ -2,6 +2,8 @@
 loss. Each maps one image (flat `(784,)` for the MLP and logistic regression,
 `(1, 28, 28)` for the CNN) to 10 logits; use `jax.vmap` over a batch."""
 
+from collections.abc import Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -55,14 +57,12 @@ class CNN(eqx.Module):
     pool: eqx.nn.MaxPool2d
     head: eqx.nn.Linear
 
-    def __init__(
-        self, *, key: PRNGKeyArray, channels: int = 64, image_size: int = 28
-    ):
+    def __init__(self, *, key: PRNGKeyArray, channels: int = 64, image_size: int = 28):
         keys = jax.random.split(key, 5)
         in_channels = (1, channels, channels, channels)
         self.convs = tuple(
             eqx.nn.Conv2d(c, channels, 3, padding=1, key=k)
-            for c, k in zip(in_channels, keys[:4])
+            for c, k in zip(in_channels, keys[:4], strict=True)
         )
         self.pool = eqx.nn.MaxPool2d(2, 2)
         side = image_size // 4
@@ -77,7 +77,9 @@ class CNN(eqx.Module):
 
 
 def cross_entropy(
-    model: eqx.Module, x: Float[Array, "batch ..."], y: Int[Array, " batch"]
+    model: Callable[[Array], Array],
+    x: Float[Array, "batch ..."],
+    y: Int[Array, " batch"],
 ) -> Float[Array, ""]:
     """Mean softmax cross-entropy of `model` on a batch."""
     logits = jax.vmap(model)(x)
@@ -85,7 +87,9 @@ def cross_entropy(
 
 
 def accuracy(
-    model: eqx.Module, x: Float[Array, "batch ..."], y: Int[Array, " batch"]
+    model: Callable[[Array], Array],
+    x: Float[Array, "batch ..."],
+    y: Int[Array, " batch"],
 ) -> Float[Array, ""]:
     """Fraction of the batch whose arg-max logit is the label."""
     logits = jax.vmap(model)(x)

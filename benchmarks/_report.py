@@ -1,0 +1,125 @@
+"""Markdown rendering of the benchmark report."""
+
+import json
+from typing import Any
+
+
+def _mib(num_bytes: float) -> str:
+    return f"{num_bytes / 2**20:.1f}"
+
+
+def _steps_tables(result: dict[str, Any]) -> list[str]:
+    lines = []
+    for setup_name, setup in result.items():
+        lines += [
+            f"### {setup_name}: {setup['description']}",
+            "",
+            f"{setup['num_params']:,} parameters; median and IQR over "
+            f"{setup['rounds']} round-robin rounds after {setup['warmup_rounds']} "
+            "warm-up rounds.",
+            "",
+            "| variant | ms/step (median) | IQR ms | / backprop SGD | / K=1 step |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, t in setup["timings"].items():
+            k1 = f"{t['ratio_to_k1']:.2f}" if "ratio_to_k1" in t else ""
+            lines.append(
+                f"| {name} | {t['median_ms']:.3f} | {t['iqr_ms']:.3f} | "
+                f"{t['ratio_to_backprop']:.2f} | {k1} |"
+            )
+        lines.append("")
+    return lines
+
+
+def _memory_tables(result: dict[str, Any]) -> list[str]:
+    paper = result["paper-mlp"]
+    variants = list(paper["variants"])
+    lines = [
+        f"### XLA temp memory, {paper['description']}",
+        "",
+        "| variant | temp MiB | / backprop |",
+        "|---|---:|---:|",
+    ]
+    for name, row in paper["variants"].items():
+        lines.append(
+            f"| {name} | {_mib(row['temp_bytes'])} | "
+            f"{row['temp_ratio_to_backprop']:.2f} |"
+        )
+    lines += ["", "### Temp memory (MiB) against depth", ""]
+    lines.append("| depth | params | " + " | ".join(variants) + " |")
+    lines.append("|---|---:|" + "---:|" * len(variants))
+    for depth, table in result["depth"].items():
+        cells = [
+            f"{_mib(table['variants'][v]['temp_bytes'])} "
+            f"({table['variants'][v]['temp_ratio_to_backprop']:.2f}x)"
+            for v in variants
+        ]
+        lines.append(
+            f"| {depth} | {table['num_params']:,} | " + " | ".join(cells) + " |"
+        )
+    first = next(iter(result["depth"].values()), None)
+    if first is not None:
+        lines += [
+            "",
+            f"Depth rows: {first['description'].split(',')[1].strip()} "
+            "and hidden width as in the description of each model.",
+            "",
+        ]
+    return lines
+
+
+def _quality_table(result: dict[str, Any]) -> list[str]:
+    lines = [
+        f"### Estimator quality, {result['description']} "
+        f"(n = {result['num_params']:,})",
+        "",
+        "| estimator | E‖g − ∇f‖²/‖∇f‖² | ± s.e. | / n | theory | mean cosine |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in result["estimators"].items():
+        theory = f"{row['theory']:.4g}" if row["theory"] is not None else "–"
+        lines.append(
+            f"| {name} | {row['relative_mse']:.4g} | {row['stderr']:.2g} | "
+            f"{row['relative_mse_over_n']:.3f} | {theory} | {row['mean_cosine']:.2e} |"
+        )
+    lines.append("")
+    return lines
+
+
+RENDERERS = {
+    "steps": _steps_tables,
+    "memory": _memory_tables,
+    "quality": _quality_table,
+}
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    lines = [
+        "# fwdeqx benchmarks" + (" (quick smoke run)" if report["quick"] else ""),
+        "",
+        f"- started {report['started']}, finished {report.get('finished')}",
+        f"- machine: {env['processor']}, {env['usable_cpus']} usable CPUs "
+        f"({env['platform']}), load average at start {env['load_average']}",
+        f"- {versions}; backend {env['backend']}",
+        f"- settings: {json.dumps({k: v for k, v in env['env'].items() if v})}",
+        "",
+    ]
+    for name, suite in report["suites"].items():
+        lines += [f"## {name}", ""]
+        if suite["status"] != "ok":
+            lines += [
+                f"{suite['status']}: {suite.get('note') or suite.get('error')}",
+                "",
+            ]
+            continue
+        result = suite["result"]
+        if name in RENDERERS:
+            lines += RENDERERS[name](result)
+        elif isinstance(result, dict) and isinstance(result.get("markdown"), str):
+            lines += [result["markdown"], ""]
+        else:
+            text = json.dumps(result, indent=2, default=str)
+            lines += ["```json", text, "```", ""]
+    return "\n".join(lines) + "\n"

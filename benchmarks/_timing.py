@@ -1,0 +1,129 @@
+"""Timing, lowering and environment helpers shared by the benchmark suites."""
+
+import importlib.metadata
+import os
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import numpy as np
+
+
+def summarize(seconds: list[float]) -> dict[str, float]:
+    """Median and spread of per-step times, in milliseconds."""
+    ms = np.asarray(seconds) * 1e3
+    q1, median, q3 = np.percentile(ms, [25, 50, 75])
+    return {
+        "median_ms": float(median),
+        "q1_ms": float(q1),
+        "q3_ms": float(q3),
+        "iqr_ms": float(q3 - q1),
+        "min_ms": float(ms.min()),
+        "n": len(ms),
+    }
+
+
+def time_round_robin(
+    runners: dict[str, Callable[[], Any]], *, steps: int, warmup: int
+) -> dict[str, dict[str, float]]:
+    """Time every runner `steps` times, one call of each per round.
+
+    Rounds alternate their order (forwards, then backwards) so that slow drift of the
+    machine (other processes, thermal state) hits every variant alike; ratios of
+    medians from one call of this function are therefore comparable. Each call is
+    synchronised with `jax.block_until_ready`; `warmup` rounds (compilation
+    included) are not recorded.
+    """
+    names = list(runners)
+    for _ in range(warmup):
+        for name in names:
+            jax.block_until_ready(runners[name]())
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(steps):
+        order = names if round_index % 2 == 0 else names[::-1]
+        for name in order:
+            start = time.perf_counter()
+            jax.block_until_ready(runners[name]())
+            samples[name].append(time.perf_counter() - start)
+    return {name: summarize(samples[name]) for name in names}
+
+
+def _is_array_like(leaf: object) -> bool:
+    return isinstance(leaf, jax.Array | jax.ShapeDtypeStruct)
+
+
+def compiled_memory(fn: Callable, *args: Any) -> dict[str, int]:
+    """XLA's memory analysis of `fn(*args)` compiled as one program.
+
+    Arrays may be given as `jax.ShapeDtypeStruct`s (e.g. from `eqx.filter_eval_shape`)
+    so that large models need not be allocated. `temp_bytes` is the scratch memory
+    the program needs besides its arguments and outputs.
+    """
+    dynamic, static = eqx.partition((fn, args), _is_array_like)
+
+    def pure(dynamic):
+        fn_, args_ = eqx.combine(dynamic, static)
+        return eqx.filter(fn_(*args_), eqx.is_array)
+
+    analysis = jax.jit(pure).lower(dynamic).compile().memory_analysis()
+    return {
+        "temp_bytes": int(analysis.temp_size_in_bytes),
+        "argument_bytes": int(analysis.argument_size_in_bytes),
+        "output_bytes": int(analysis.output_size_in_bytes),
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Machine, library versions and the settings that change timings."""
+    try:
+        usable_cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable_cpus = os.cpu_count()
+    return {
+        "machine": platform.machine(),
+        "platform": platform.platform(),
+        "processor": _cpu_model() or platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable_cpus,
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "versions": {
+            name: _version(name)
+            for name in ("fwdeqx", "jax", "jaxlib", "equinox", "optax", "numpy")
+        },
+        "backend": jax.default_backend(),
+        "devices": [str(device) for device in jax.devices()],
+        "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
+        "env": {
+            name: os.environ.get(name)
+            for name in (
+                "XLA_FLAGS",
+                "OMP_NUM_THREADS",
+                "MKL_NUM_THREADS",
+                "OPENBLAS_NUM_THREADS",
+                "JAX_ENABLE_X64",
+                "JAX_PLATFORMS",
+            )
+        },
+    }
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None

@@ -1,0 +1,63 @@
+"""XLA temp memory of the compiled training steps, and its growth with depth.
+
+`temp_bytes` comes from `jax.jit(step).lower(...).compile().memory_analysis()`:
+the scratch memory of the step besides its arguments and outputs. Models are only
+traced as shapes, so the deep models are never allocated.
+"""
+
+from typing import Any
+
+import equinox as eqx
+import jax
+
+from ._setups import DISTRIBUTIONS, Setup, fwd_name, mlp_setup, num_params, train_step
+from ._timing import compiled_memory
+
+
+BASELINE = "backprop-sgd"
+VARIANTS = ("backprop-sgd", "seed-recipe", *(fwd_name(d, 1) for d in DISTRIBUTIONS))
+QUICK_VARIANTS = ("backprop-sgd", fwd_name("lowrank", 1))
+
+
+def step_memory(setup: Setup, name: str) -> dict[str, int]:
+    step = train_step(name)
+    model = setup.model_shape()
+    opt_state = eqx.filter_eval_shape(step.init, model)
+    key = jax.eval_shape(jax.random.key, 0)
+    return compiled_memory(step, model, opt_state, setup.batch_shape(), key)
+
+
+def memory_table(setup: Setup, variants: tuple[str, ...]) -> dict[str, Any]:
+    table = {name: step_memory(setup, name) for name in variants}
+    base = table[BASELINE]["temp_bytes"]
+    for row in table.values():
+        row["temp_ratio_to_backprop"] = row["temp_bytes"] / max(base, 1)
+    return {
+        "description": setup.description,
+        "num_params": num_params(setup.model_shape()),
+        "variants": table,
+    }
+
+
+def run(quick: bool = False) -> dict:
+    width, batch = (16, 4) if quick else (2048, 512)
+    depths = (2,) if quick else (2, 4, 8, 16)
+    variants = QUICK_VARIANTS if quick else VARIANTS
+    paper = mlp_setup("paper-mlp", 16 if quick else 1024, 2, 4 if quick else 64)
+    results: dict[str, Any] = {
+        "paper-mlp": memory_table(paper, variants),
+        "depth": {},
+    }
+    for depth in depths:
+        setup = mlp_setup(f"mlp-depth{depth}", width, depth, batch)
+        print(f"[memory] {setup.description}", flush=True)
+        results["depth"][str(depth)] = memory_table(setup, variants)
+    for label, table in [("paper-mlp", results["paper-mlp"])] + [
+        (f"depth {d}", t) for d, t in results["depth"].items()
+    ]:
+        cells = ", ".join(
+            f"{name} {row['temp_bytes'] / 2**20:.1f} MiB"
+            for name, row in table["variants"].items()
+        )
+        print(f"  {label}: {cells}", flush=True)
+    return results

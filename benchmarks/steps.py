@@ -1,0 +1,146 @@
+"""Per-step time of backprop, the seed paper's recipe and fwdeqx forward gradients.
+
+All variants of one model are timed in one process, round-robin, and reported as
+ratios to the backprop SGD step measured alongside them.
+"""
+
+import dataclasses
+from typing import Any
+
+import equinox as eqx
+import jax
+
+from ._setups import (
+    DISTRIBUTIONS,
+    CallRunner,
+    Setup,
+    StepRunner,
+    cnn_setup,
+    forward_only,
+    fwd_name,
+    jvp_only,
+    key_cycle,
+    mlp_setup,
+    num_params,
+    sample_only,
+    sgd_update_only,
+    train_step,
+    zeros_like_params,
+)
+from ._timing import time_round_robin
+
+
+BASELINE = "backprop-sgd"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    setup: Setup
+    variants: tuple[str, ...]  # train steps, plus `forward`
+    diagnostics: tuple[str, ...]  # distributions whose pieces are timed alone
+    steps: int
+    warmup: int
+
+
+def plans(quick: bool) -> list[Plan]:
+    if quick:  # a smoke run: the code paths once, on tiny models
+        paper_variants = (
+            "forward",
+            "backprop-sgd",
+            "seed-recipe",
+            *(fwd_name(d, 1) for d in DISTRIBUTIONS),
+            fwd_name("lowrank", 4),
+        )
+        small_variants = ("backprop-sgd", fwd_name("lowrank", 1))
+        return [
+            Plan(mlp_setup("paper-mlp", 16, 2, 4), paper_variants, ("gaussian",), 2, 1),
+            Plan(cnn_setup("cnn", 2, 4, 2), small_variants, (), 2, 1),
+        ]
+    paper_variants = (
+        "forward",
+        "backprop-sgd",
+        "backprop-adam",
+        "seed-recipe",
+        *(fwd_name(d, k) for d in DISTRIBUTIONS for k in (1, 4, 16)),
+    )
+    k1_variants = (
+        "forward",
+        "backprop-sgd",
+        "seed-recipe",
+        *(fwd_name(d, 1) for d in DISTRIBUTIONS),
+        fwd_name("lowrank", 4),
+    )
+    every = tuple(DISTRIBUTIONS)
+    return [
+        Plan(mlp_setup("paper-mlp", 1024, 2, 64), paper_variants, every, 150, 3),
+        Plan(cnn_setup("cnn", 64, 28, 64), k1_variants, (), 8, 1),
+        Plan(mlp_setup("deep-mlp", 2048, 8, 512), k1_variants, (), 6, 1),
+    ]
+
+
+def runners_for(plan: Plan, key: jax.Array) -> dict[str, Any]:
+    model_key, batch_key, step_key = jax.random.split(key, 3)
+    model = plan.setup.model(model_key)
+    batch = plan.setup.batch(batch_key)
+    runners: dict[str, Any] = {}
+    for name in plan.variants:
+        if name == "forward":
+            runners[name] = CallRunner(forward_only, model, batch)
+        else:
+            runners[name] = StepRunner(
+                train_step(name), model, batch, key_cycle(step_key)
+            )
+    if plan.diagnostics:
+        like = eqx.filter(model, eqx.is_inexact_array)
+        grads = zeros_like_params(model)
+        runners["diag: sgd update only"] = CallRunner(sgd_update_only, model, grads)
+        for name in plan.diagnostics:
+            sampler = sample_only(DISTRIBUTIONS[name], 1)
+            runners[f"diag: sample {name}"] = CallRunner(sampler, step_key, like)
+            tangent = sampler(step_key, like)
+            runners[f"diag: jvp given {name} tangent"] = CallRunner(
+                jvp_only, model, batch, tangent
+            )
+        if len(plan.diagnostics) == len(DISTRIBUTIONS):
+            sampler16 = sample_only(DISTRIBUTIONS["gaussian"], 16)
+            runners["diag: sample gaussian x16"] = CallRunner(sampler16, step_key, like)
+    return runners
+
+
+def add_ratios(timings: dict[str, dict[str, float]]) -> None:
+    base = timings[BASELINE]["median_ms"]
+    for name, timing in timings.items():
+        timing["ratio_to_backprop"] = timing["median_ms"] / base
+        if name.startswith("fwd-") and not name.endswith("-k1"):
+            single = timings.get(name.rsplit("-", 1)[0] + "-k1")
+            if single is not None:
+                timing["ratio_to_k1"] = timing["median_ms"] / single["median_ms"]
+
+
+def run(quick: bool = False) -> dict:
+    results: dict[str, Any] = {}
+    for index, plan in enumerate(plans(quick)):
+        runners = runners_for(plan, jax.random.key(index))
+        print(
+            f"[steps] {plan.setup.name}: {plan.setup.description}, "
+            f"{len(runners)} variants x {plan.steps} rounds",
+            flush=True,
+        )
+        timings = time_round_robin(runners, steps=plan.steps, warmup=plan.warmup)
+        add_ratios(timings)
+        for name, timing in timings.items():
+            print(
+                f"  {name:34s} {timing['median_ms']:9.3f} ms "
+                f"(IQR {timing['iqr_ms']:.3f})  x{timing['ratio_to_backprop']:.2f}",
+                flush=True,
+            )
+        results[plan.setup.name] = {
+            "description": plan.setup.description,
+            "num_params": num_params(plan.setup.model_shape()),
+            "rounds": plan.steps,
+            "warmup_rounds": plan.warmup,
+            "baseline": BASELINE,
+            "timings": timings,
+        }
+        del runners
+    return results

