@@ -202,6 +202,18 @@ def sample_only(distribution: fwdeqx.AbstractTangentDistribution, num_tangents: 
 
 
 @eqx.filter_jit
+def random_bits_only(key, like):
+    """One random 32-bit word per parameter (threefry): what an exact float32
+    Gaussian costs at least."""
+    leaves = jtu.tree_leaves(like)
+    keys = jax.random.split(key, len(leaves))
+    return [
+        jax.random.bits(k, leaf.shape, jnp.uint32)
+        for k, leaf in zip(keys, leaves, strict=True)
+    ]
+
+
+@eqx.filter_jit
 def forward_only(model, batch):
     return loss(model, batch)
 

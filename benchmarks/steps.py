@@ -22,6 +22,7 @@ from ._setups import (
     key_cycle,
     mlp_setup,
     num_params,
+    random_bits_only,
     sample_only,
     sgd_update_only,
     train_step,
@@ -48,7 +49,8 @@ def plans(quick: bool) -> list[Plan]:
             "forward",
             "backprop-sgd",
             "seed-recipe",
-            *(fwd_name(d, 1) for d in DISTRIBUTIONS),
+            fwd_name("gaussian", 1),
+            fwd_name("lowrank", 1),
             fwd_name("lowrank", 4),
         )
         small_variants = ("backprop-sgd", fwd_name("lowrank", 1))
@@ -94,13 +96,18 @@ def runners_for(plan: Plan, key: jax.Array) -> dict[str, Any]:
         like = eqx.filter(model, eqx.is_inexact_array)
         grads = zeros_like_params(model)
         runners["diag: sgd update only"] = CallRunner(sgd_update_only, model, grads)
+        if plan.steps > 10:  # not in the smoke run
+            runners["diag: random bits only (32/param)"] = CallRunner(
+                random_bits_only, step_key, like
+            )
         for name in plan.diagnostics:
             sampler = sample_only(DISTRIBUTIONS[name], 1)
             runners[f"diag: sample {name}"] = CallRunner(sampler, step_key, like)
-            tangent = sampler(step_key, like)
-            runners[f"diag: jvp given {name} tangent"] = CallRunner(
-                jvp_only, model, batch, tangent
-            )
+            if plan.steps > 10:
+                tangent = sampler(step_key, like)
+                runners[f"diag: jvp given {name} tangent"] = CallRunner(
+                    jvp_only, model, batch, tangent
+                )
         if len(plan.diagnostics) == len(DISTRIBUTIONS):
             sampler16 = sample_only(DISTRIBUTIONS["gaussian"], 16)
             runners["diag: sample gaussian x16"] = CallRunner(sampler16, step_key, like)

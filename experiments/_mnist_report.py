@@ -36,6 +36,22 @@ def time_to_match(
     return t_b, None
 
 
+def loss_at_common_iteration(
+    backprop: dict[str, Any], forward: dict[str, Any]
+) -> tuple[int, float, float] | None:
+    """`(iteration, backprop val loss, forward val loss)` at the last record both
+    runs reached with finite losses (a diverged run stops early), or `None`."""
+    forward_losses = dict(zip(forward["iteration"], forward["val_loss"], strict=True))
+    best = None
+    for iteration, loss in zip(
+        backprop["iteration"], backprop["val_loss"], strict=True
+    ):
+        other = forward_losses.get(iteration)
+        if None not in (loss, other) and math.isfinite(loss + other):
+            best = (iteration, loss, other)
+    return best
+
+
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
@@ -63,9 +79,16 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         loss_mean, loss_std = _mean_std([run["final_val_loss"] for run in finished])
         acc_mean, acc_std = _mean_std([run["final_val_accuracy"] for run in finished])
         t_bs, t_fs, ratios, compared = [], [], [], 0
+        gaps, common = [], []
         for run in group:
             reference = backprop.get((optimizer, lr, run["config"]["seed"]))
-            if reference is None or reference["diverged"]:
+            if reference is None:
+                continue
+            matched = loss_at_common_iteration(reference, run)
+            if matched is not None and matched[1] > 0:
+                common.append(matched[0])
+                gaps.append(matched[2] / matched[1] - 1)
+            if reference["diverged"]:
                 continue
             t_b, t_f = time_to_match(
                 reference["time"],
@@ -75,8 +98,10 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             )
             if t_b is None:
                 continue
-            compared += 1
             t_bs.append(t_b)
+            if estimator == BACKPROP:
+                continue
+            compared += 1
             if t_f is not None:
                 t_fs.append(t_f)
                 ratios.append(t_f / t_b if t_b > 0 else math.inf)
@@ -95,6 +120,11 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "T_f": _mean_std(t_fs)[0],
                 "T_f/T_b": _mean_std(ratios)[0],
                 "reached": f"{len(t_fs)}/{compared}",
+                "diverged_at": _mean_std(
+                    [run["diverged_at"] for run in group if run["diverged"]]
+                )[0],
+                "common_iteration": min(common) if common else None,
+                "val_gap_at_common_iteration": _mean_std(gaps)[0],
             }
         )
     rows.sort(key=lambda r: (r["optimizer"], r["lr"], r["estimator"] != BACKPROP))
@@ -156,7 +186,8 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
                 row["estimator"],
                 loss,
                 acc,
-                f"{row['diverged']}/{row['seeds']}",
+                f"{row['diverged']}/{row['seeds']}"
+                + (f" @{row['diverged_at']:.0f}" if row["diverged"] else ""),
                 _fmt(row["T_b"], ".2f"),
                 "-" if is_backprop else _fmt(row["T_f"], ".2f"),
                 "-" if is_backprop else _ratio(row),
@@ -228,35 +259,50 @@ def _final_loss_pairs(
     return pairs
 
 
+def _per_iteration_part(row: dict[str, Any]) -> str:
+    gap = row["val_gap_at_common_iteration"]
+    text = (
+        f"{row['estimator']} at lr {row['lr']:g}: validation loss {100 * gap:+.1f}% "
+        f"vs backprop at iteration {row['common_iteration']}"
+    )
+    if row["diverged"]:
+        text += (
+            f", then {row['diverged']}/{row['seeds']} runs diverged (mean iteration "
+            f"{row['diverged_at']:.0f})"
+        )
+    return text
+
+
 def claims(rows: list[dict[str, Any]], divergent_lrs: dict[str, float]) -> list[str]:
     """One sentence per claim of the paper, saying whether these runs support it.
 
     "Like backprop" means a final validation loss within 10% of backprop's at the
     same lr and iteration count; "much slower" more than 10% above it."""
     divergent = _divergent(rows, divergent_lrs)
+    preset_divergent = set(divergent_lrs.items())
     sentences = []
 
-    sgd = _final_loss_pairs(rows, "sgd", divergent)
+    sgd = [
+        row
+        for row in rows
+        if row["optimizer"] == "sgd"
+        and _is_forward(row["estimator"])
+        and ("sgd", row["lr"]) not in preset_divergent
+        and row["val_gap_at_common_iteration"] is not None
+    ]
     if sgd:
-        close = all(
-            row["val_loss_mean"] - ref["val_loss_mean"] <= 0.1 * ref["val_loss_mean"]
-            for row, ref in sgd
-        )
-        parts = "; ".join(
-            f"{row['estimator']} at lr {row['lr']:g}: validation loss "
-            f"{row['val_loss_mean']:.3f} vs backprop {ref['val_loss_mean']:.3f}"
-            for row, ref in sgd
-        )
+        close = all(abs(row["val_gap_at_common_iteration"]) <= 0.1 for row in sgd)
+        parts = "; ".join(_per_iteration_part(row) for row in sgd)
         verdict = "supports" if close else "does not support"
         sentences.append(
             "**Forward gradient with SGD converges like backprop per iteration:** "
-            f"this run {verdict} it ({parts}; 'like' = final validation loss "
-            "within 10% of backprop's after the same number of iterations)."
+            f"this run {verdict} it ({parts}; 'like' = validation loss within 10% "
+            "of backprop's at the same iteration, the last one both reached)."
         )
     else:
         sentences.append(
             "**Forward gradient with SGD converges like backprop per iteration:** "
-            "not tested (no SGD learning rate where both ran without diverging)."
+            "not tested (no SGD learning rate with both estimators recorded)."
         )
 
     adam = _final_loss_pairs(rows, "adam", divergent)
@@ -297,6 +343,7 @@ def claims(rows: list[dict[str, Any]], divergent_lrs: dict[str, float]) -> list[
         diverged = all(row["diverged"] == row["seeds"] for row in forward)
         counts = ", ".join(
             f"{row['estimator']} {row['diverged']}/{row['seeds']} runs diverged"
+            + (f" (mean iteration {row['diverged_at']:.0f})" if row["diverged"] else "")
             for row in forward
         )
         reference = next(

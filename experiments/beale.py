@@ -33,7 +33,7 @@ from matplotlib.colors import LogNorm
 import fwdeqx
 from fwdeqx.testfns import BEALE_MINIMUM, BEALE_PAPER_POINT, beale, rosenbrock
 
-from ._theory import finish, master_key, log_grid, parse_args, save_figure
+from ._theory import finish, log_grid, master_key, parse_args, save_figure
 
 
 NAME = "beale"
@@ -92,10 +92,12 @@ def arrows_experiment(key, point):
             mean_forward_gradient(
                 beale, p, key_k, tangents=fwdeqx.Gaussian(), num_tangents=k
             )
-            for k, key_k in zip(ARROW_KS, keys_)
+            for k, key_k in zip(ARROW_KS, keys_, strict=True)
         ]
 
-    means = {k: np.asarray(m) for k, m in zip(ARROW_KS, all_means(point, keys))}
+    means = {
+        k: np.asarray(m) for k, m in zip(ARROW_KS, all_means(point, keys), strict=True)
+    }
     return true, means
 
 
@@ -107,7 +109,7 @@ def plot_arrows(point, true, means):
     values = np.asarray(jax.jit(jax.vmap(beale))(grid.astype(jnp.float32)))
     values = values.reshape(xs.shape)
     fig, axes = plt.subplots(1, len(means), figsize=(5.2 * len(means), 4.2))
-    for ax, (k, mean) in zip(axes, means.items()):
+    for ax, (k, mean) in zip(axes, means.items(), strict=True):
         ax.contour(
             xs,
             ys,
@@ -152,7 +154,7 @@ def plot_arrows(point, true, means):
 def error_vs_k_experiment(key, point, ks, repetitions):
     results = {}
     for (name, tangents), key_t in zip(
-        TANGENTS.items(), jax.random.split(key, len(TANGENTS))
+        TANGENTS.items(), jax.random.split(key, len(TANGENTS)), strict=True
     ):
         relative_error, cosine = error_statistics(
             beale, point, key_t, tangents=tangents, ks=ks, repetitions=repetitions
@@ -272,7 +274,9 @@ TRAJECTORY_PROBLEMS = {
 def trajectories_experiment(key, steps, seeds):
     results = {}
     for (name, (fun, start, lr, _, minimum)), key_p in zip(
-        TRAJECTORY_PROBLEMS.items(), jax.random.split(key, len(TRAJECTORY_PROBLEMS))
+        TRAJECTORY_PROBLEMS.items(),
+        jax.random.split(key, len(TRAJECTORY_PROBLEMS)),
+        strict=True,
     ):
         start_array = jnp.asarray(start, dtype=jnp.float32)
         gd, fgd = descend(fun, start_array, key_p, lr=lr, steps=steps, seeds=seeds)

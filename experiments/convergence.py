@@ -34,6 +34,7 @@ Writes `convergence_curves.png` (measured min_k E‖∇f‖² and the bound agai
 `convergence_transient.png` (min_k E‖∇f‖² against αt), and `convergence.json`.
 """
 
+import functools as ft
 import sys
 import time
 from collections.abc import Sequence
@@ -120,8 +121,8 @@ def make_quadratic(key, n, m) -> Problem:
         f0_minus_fstar=f0_minus_fstar,
         strong_convexity=float(eigenvalues.min()),
         constants={
-            "L": "largest eigenvalue of H = AᵀA (exact)",
-            "sigma2": "(1/m) Σ_i ‖H(c_i − c̄)‖², exact and independent of x",
+            "L_is": "largest eigenvalue of H = AᵀA (exact)",
+            "sigma2_is": "(1/m) Σ_i ‖H(c_i − c̄)‖², exact and independent of x",
             "fstar": fstar,
             "f* and f0": "exact (closed form)",
             "hessian": hessian,
@@ -187,8 +188,8 @@ def make_logistic(key, n, m, regularisation=0.1) -> Problem:
         f0_minus_fstar=float(objective(theta0) - fstar),
         strong_convexity=regularisation,
         constants={
-            "L": "λ_max(XᵀX)/(4m) + λ (bound on the Hessian of f)",
-            "sigma2": "(1/m) Σ_i ‖x_i‖² ≥ E_i‖∇f_i − ∇f‖² for every w (bound)",
+            "L_is": "λ_max(XᵀX)/(4m) + λ (bound on the Hessian of f)",
+            "sigma2_is": "(1/m) Σ_i ‖x_i‖² ≥ E_i‖∇f_i − ∇f‖² for every w (bound)",
             "sigma2_at_theta0": _logistic_sigma2(features, labels, theta0),
             "sigma2_at_minimum": _logistic_sigma2(features, labels, w_star),
             "fstar": fstar,
@@ -206,13 +207,14 @@ def _logistic_sigma2(features, labels, w) -> float:
     return float(np.mean(np.sum(centred**2, axis=1)))
 
 
-def simulate(problem: Problem, tangents, alphas, key, *, seeds, steps):
-    """Forward SGD for every α (vmapped) and seed (vmapped): E‖∇f(θ_k)‖² estimated
-    by the mean over seeds, and its standard error, for k = 0 … steps−1, shape
-    (steps, len(alphas))."""
-    component_grad = fwdeqx.filter_fwd_grad(problem.component_loss, tangents=tangents)
+def simulate(problem: Problem, settings, key, *, seeds, steps):
+    """Forward SGD for every tangent distribution in `settings` (a dict name ->
+    (distribution, step sizes)), every step size (vmapped) and seed (vmapped), in one
+    compiled program. Returns name -> (mean, stderr), each of shape
+    (steps, number of step sizes): E‖∇f(θ_k)‖² estimated by the mean over seeds and
+    its standard error, for k = 0 … steps−1."""
 
-    def one_step(theta, key_, alpha):
+    def one_step(component_grad, theta, key_, alpha):
         key_i, key_v = jax.random.split(key_)
         i = jax.random.randint(key_i, (), 0, problem.m)
         data_i = tuple(array[i] for array in problem.data)
@@ -222,25 +224,41 @@ def simulate(problem: Problem, tangents, alphas, key, *, seeds, steps):
         value = jnp.sum(problem.full_gradient(theta) ** 2)
         return jnp.where(jnp.isnan(value), jnp.inf, value)
 
-    def body(carry, key_):
-        thetas = carry
-        norms = jax.vmap(jax.vmap(grad_norm2))(thetas)  # (alphas, seeds)
-        mean = jnp.mean(norms, axis=1)
-        stderr = jnp.std(norms, axis=1) / float(np.sqrt(seeds))
-        keys = jax.random.split(key_, (alphas.shape[0], seeds))
-        step_all = jax.vmap(jax.vmap(one_step, in_axes=(0, 0, None)), in_axes=(0, 0, 0))
-        return step_all(thetas, keys, alphas), (mean, stderr)
+    def body(thetas, key_):
+        new_thetas, outputs = {}, {}
+        for (name, (tangents, alphas)), key_name in zip(
+            settings.items(), jax.random.split(key_, len(settings)), strict=True
+        ):
+            component_grad = fwdeqx.filter_fwd_grad(
+                problem.component_loss, tangents=tangents
+            )
+            norms = jax.vmap(jax.vmap(grad_norm2))(thetas[name])  # (alphas, seeds)
+            outputs[name] = (
+                jnp.mean(norms, axis=1),
+                jnp.std(norms, axis=1) / float(np.sqrt(seeds)),
+            )
+            keys = jax.random.split(key_name, (alphas.shape[0], seeds))
+            step = jax.vmap(
+                jax.vmap(ft.partial(one_step, component_grad), in_axes=(0, 0, None))
+            )
+            new_thetas[name] = step(thetas[name], keys, alphas)
+        return new_thetas, outputs
 
     theta0 = jnp.asarray(problem.theta0, jnp.float32)
-    thetas = jnp.broadcast_to(theta0, (alphas.shape[0], seeds, problem.n))
+    thetas = {
+        name: jnp.broadcast_to(theta0, (alphas.shape[0], seeds, problem.n))
+        for name, (_, alphas) in settings.items()
+    }
 
     @jax.jit
     def run(thetas_, keys_):
-        _, (mean, stderr) = jax.lax.scan(body, thetas_, keys_)
-        return mean, stderr
+        return jax.lax.scan(body, thetas_, keys_)[1]
 
-    mean, stderr = run(thetas, jax.random.split(key, steps))
-    return np.asarray(mean, np.float64), np.asarray(stderr, np.float64)
+    outputs = run(thetas, jax.random.split(key, steps))
+    return {
+        name: (np.asarray(mean, np.float64), np.asarray(stderr, np.float64))
+        for name, (mean, stderr) in outputs.items()
+    }
 
 
 def exact_quadratic_moments(problem: Problem, tangents: str, alphas, steps):
@@ -272,39 +290,58 @@ def exact_quadratic_moments(problem: Problem, tangents: str, alphas, steps):
     return out
 
 
+def _moment_map(problem: Problem, tangents: str, alpha: float):
+    """The moment recursion M' = Lin(M) + α²·Q(Σ_ξ) on the quadratic, as the matrix
+    of Lin acting on vec(M) and the constant vec(α²·Q(Σ_ξ)), with
+    Q(S) = tr(S)·I + 2S (− 2 diag S for Rademacher)."""
+    hessian = problem.constants["hessian"]
+    n = problem.n
+
+    def quartic(s):
+        out = np.trace(s) * np.eye(n) + 2 * s
+        if tangents == "rademacher":
+            out -= 2 * np.diag(np.diag(s))
+        return out
+
+    columns = []
+    for index in range(n * n):
+        moment = np.zeros(n * n)
+        moment[index] = 1.0
+        moment = moment.reshape(n, n)
+        image = (
+            moment
+            - alpha * (moment @ hessian + hessian @ moment)
+            + alpha**2 * quartic(hessian @ moment @ hessian)
+        )
+        columns.append(image.reshape(-1))
+    constant = alpha**2 * quartic(problem.constants["noise_covariance"])
+    return np.stack(columns, axis=1), constant.reshape(-1)
+
+
 def quadratic_stability_threshold(problem: Problem, tangents: str) -> float:
     """The largest α for which E‖θ_k − c̄‖² stays bounded on the quadratic: the
     spectral radius of the linear part of the moment recursion crosses 1
     (bisection on a log scale)."""
-    hessian = problem.constants["hessian"]
-    n = problem.n
-
-    def linear_part(alpha):
-        columns = []
-        for index in range(n * n):
-            moment = np.zeros(n * n)
-            moment[index] = 1.0
-            moment = moment.reshape(n, n)
-            s = hessian @ moment @ hessian
-            quartic = np.trace(s) * np.eye(n) + 2 * s
-            if tangents == "rademacher":
-                quartic -= 2 * np.diag(np.diag(s))
-            image = (
-                moment
-                - alpha * (moment @ hessian + hessian @ moment)
-                + alpha**2 * quartic
-            )
-            columns.append(image.reshape(-1))
-        return np.stack(columns, axis=1)
 
     def stable(alpha):
-        return np.max(np.abs(np.linalg.eigvals(linear_part(alpha)))) < 1.0
+        linear, _ = _moment_map(problem, tangents, alpha)
+        return np.max(np.abs(np.linalg.eigvals(linear))) < 1.0
 
     low, high = 1e-6, 10.0
     for _ in range(40):
         middle = np.sqrt(low * high)
         low, high = (middle, high) if stable(middle) else (low, middle)
     return float(low)
+
+
+def quadratic_stationary(problem: Problem, tangents: str, alpha: float) -> float:
+    """lim_k E‖∇f(θ_k)‖² on the quadratic (exact): tr(H M* H) with M* the fixed
+    point of the moment recursion, for α below the stability threshold."""
+    linear, constant = _moment_map(problem, tangents, alpha)
+    fixed = np.linalg.solve(np.eye(linear.shape[0]) - linear, constant)
+    hessian = problem.constants["hessian"]
+    moment = fixed.reshape(problem.n, problem.n)
+    return float(np.trace(hessian @ moment @ hessian))
 
 
 def bound(problem: Problem, tangents: str, alpha, t):
@@ -334,6 +371,9 @@ def analyse(problem, tangents, alphas, multipliers, measured, stderr, exact, t_g
     min_measured = prefix_min(measured)
     min_upper = prefix_min(measured + 3 * stderr)
     min_exact = prefix_min(exact) if exact is not None else None
+    # What the proof actually bounds: the average over k < t (≥ the minimum).
+    counts = np.arange(1, measured.shape[0] + 1)[:, None]
+    average_measured = np.cumsum(measured, axis=0) / counts
     alpha_max = 1 / (2 * problem.lipschitz * fourth_moment(tangents, problem.n))
     alpha_sharp = 1 / (problem.lipschitz * second_moment_factor(tangents, problem.n))
     for j, (alpha, multiplier) in enumerate(zip(alphas, multipliers, strict=True)):
@@ -348,6 +388,7 @@ def analyse(problem, tangents, alphas, multipliers, measured, stderr, exact, t_g
                 "measured": float(min_measured[t - 1, j]),
                 "ratio": float(min_measured[t - 1, j] / b),
                 "ratio_upper_3se": float(min_upper[t - 1, j] / b),
+                "ratio_average_over_k": float(average_measured[t - 1, j] / b),
             }
             if alpha <= alpha_sharp:
                 sharp = float(sharpened_bound(problem, tangents, alpha, t))
@@ -361,6 +402,17 @@ def analyse(problem, tangents, alphas, multipliers, measured, stderr, exact, t_g
             if row["theorem_applies"] and worst > 1.0:
                 violations.append(row)
     return rows, violations, alpha_max
+
+
+def stationary_curve(problem, tangents, alpha_max):
+    """Exact lim_k E‖∇f(θ_k)‖² on a grid of α from α_max/64 up to 0.95 × the
+    stability threshold."""
+    limit = quadratic_stability_threshold(problem, tangents)
+    alphas = np.geomspace(ALPHA_MULTIPLIERS[0] * alpha_max, 0.95 * limit, 40)
+    return {
+        "alpha": alphas,
+        "value": [quadratic_stationary(problem, tangents, a) for a in alphas],
+    }
 
 
 def plateau(problem, alphas, measured, exact, steps):
@@ -388,23 +440,29 @@ def plateau(problem, alphas, measured, exact, steps):
     return out
 
 
-def run_problem(problem, key, *, seeds, steps, t_grid, quick):
+def run_problem(problem, key, *, seeds, steps, t_grid):
     results = {}
     all_violations = []
-    for (name, tangents), key_t in zip(
-        TANGENTS.items(), jax.random.split(key, len(TANGENTS)), strict=True
-    ):
+    multipliers = ALPHA_MULTIPLIERS
+    all_alphas = {
+        name: np.asarray(multipliers)
+        / (2 * problem.lipschitz * fourth_moment(name, problem.n))
+        for name in TANGENTS
+    }
+    simulated = simulate(
+        problem,
+        {
+            name: (tangents, jnp.asarray(all_alphas[name], jnp.float32))
+            for name, tangents in TANGENTS.items()
+        },
+        key,
+        seeds=seeds,
+        steps=steps,
+    )
+    for name in TANGENTS:
         alpha_max = 1 / (2 * problem.lipschitz * fourth_moment(name, problem.n))
-        multipliers = ALPHA_MULTIPLIERS
-        alphas = np.asarray(multipliers) * alpha_max
-        measured, stderr = simulate(
-            problem,
-            tangents,
-            jnp.asarray(alphas, jnp.float32),
-            key_t,
-            seeds=seeds,
-            steps=steps,
-        )
+        alphas = all_alphas[name]
+        measured, stderr = simulated[name]
         exact = (
             exact_quadratic_moments(problem, name, alphas, steps)
             if problem.name == "quadratic"
@@ -417,6 +475,9 @@ def run_problem(problem, key, *, seeds, steps, t_grid, quick):
             {"problem": problem.name, "tangents": name, **v} for v in violations
         ]
         beyond = [r for r in rows if not r["theorem_applies"] and r["ratio"] > 1.0]
+        # Log-spaced t for the curves keeps the JSON small.
+        curve_t = log_grid(1, steps, 150)
+        curve_index = np.asarray(curve_t) - 1
         results[name] = {
             "C1": fourth_moment(name, problem.n),
             "alpha_max": alpha_max,
@@ -431,6 +492,13 @@ def run_problem(problem, key, *, seeds, steps, t_grid, quick):
             "max_ratio_where_theorem_applies": max(
                 r["ratio"] for r in rows if r["theorem_applies"]
             ),
+            "max_average_ratio_where_theorem_applies": max(
+                r["ratio_average_over_k"] for r in rows if r["theorem_applies"]
+            ),
+            "max_sharpened_ratio": max(
+                (r["ratio_sharpened"] for r in rows if "ratio_sharpened" in r),
+                default=None,
+            ),
             "max_exact_ratio_where_theorem_applies": (
                 max(r["ratio_exact"] for r in rows if r["theorem_applies"])
                 if exact is not None
@@ -440,13 +508,16 @@ def run_problem(problem, key, *, seeds, steps, t_grid, quick):
                 min(r["alpha_over_alpha_max"] for r in beyond) if beyond else None
             ),
             "plateau": plateau(problem, alphas, measured, exact, steps),
+            "stationary_exact": (
+                stationary_curve(problem, name, alpha_max)
+                if problem.name == "quadratic"
+                else None
+            ),
             "curves": {
-                "t": list(range(1, steps + 1))[:: max(1, steps // 400)],
-                "min_measured": prefix_min(measured)[:: max(1, steps // 400)],
+                "t": curve_t,
+                "min_measured": prefix_min(measured)[curve_index],
                 "min_exact": (
-                    prefix_min(exact)[:: max(1, steps // 400)]
-                    if exact is not None
-                    else None
+                    prefix_min(exact)[curve_index] if exact is not None else None
                 ),
             },
         }
@@ -461,8 +532,7 @@ def run_problem(problem, key, *, seeds, steps, t_grid, quick):
             )
             + f"; first α/α_max with ratio > 1: "
             f"{results[name]['first_alpha_multiplier_with_ratio_above_1']}; "
-            "diverged at α/α_max = "
-            f"{[mult for mult, p in zip(multipliers, results[name]['plateau'], strict=True) if p['diverged']]}"
+            f"diverged at α/α_max = {diverged_multipliers(results[name])}"
             + (
                 f"; exact stability threshold α/α_max = "
                 f"{results[name]['stability_threshold'] / alpha_max:.3g}"
@@ -470,13 +540,22 @@ def run_problem(problem, key, *, seeds, steps, t_grid, quick):
                 else ""
             )
         )
-    del quick
     return results, all_violations
+
+
+def diverged_multipliers(entry) -> list[float]:
+    return [
+        mult
+        for mult, point in zip(
+            entry["alpha_multipliers"], entry["plateau"], strict=True
+        )
+        if point["diverged"]
+    ]
 
 
 def plot_curves(problems, results):
     panels = [(p, t) for p in problems for t in TANGENTS]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
+    fig, axes = plt.subplots(2, 2, figsize=(13, 10), layout="constrained")
     for ax, (problem, name) in zip(axes.ravel(), panels, strict=True):
         entry = results[problem.name][name]
         colours = plt.get_cmap("plasma")(np.linspace(0, 0.9, len(entry["alphas"])))
@@ -573,6 +652,16 @@ def plot_plateau(problems, results):
                         if name == "gaussian"
                         else None,
                     )
+            if entry["stationary_exact"] is not None:
+                curve = entry["stationary_exact"]
+                ax.plot(
+                    curve["alpha"],
+                    curve["value"],
+                    "-",
+                    color=colours[name],
+                    lw=1.5,
+                    label=f"{name}: exact stationary E‖∇f‖²",
+                )
             grid = np.geomspace(min(entry["alphas"]), max(entry["alphas"]), 50)
             c1 = entry["C1"]
             ax.plot(
@@ -657,7 +746,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         problems, jax.random.split(key_run, len(problems)), strict=True
     ):
         results[problem.name], found = run_problem(
-            problem, key_p, seeds=seeds, steps=steps, t_grid=t_grid, quick=args.quick
+            problem, key_p, seeds=seeds, steps=steps, t_grid=t_grid
         )
         violations += found
     if violations:
@@ -685,7 +774,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "k < t of that average of ‖∇f(θ_k)‖² (exact full gradient); ratio = "
             "measured / bound; ratio_upper_3se uses the average + 3 standard errors "
             "at every k; exact / ratio_exact (quadratic) use E computed by the "
-            "second-moment recursion (no sampling). theorem_applies: α ≤ "
+            "second-moment recursion (no sampling); ratio_average_over_k uses the "
+            "average over k < t instead of the minimum (what the proof bounds). "
+            "theorem_applies: α ≤ "
             "1/(2·L·C1). sharpened_bound: the proof with (n+2) (n for Rademacher) in "
             "place of C1 and without the slack 2, valid for α ≤ 1/(L(n+2))."
         ),
@@ -699,7 +790,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 "sigma2": p.sigma2,
                 "f0_minus_fstar": p.f0_minus_fstar,
                 "strong_convexity": p.strong_convexity,
-                "sampling": "i_k uniform on {1..m}, one index per step, with replacement",
+                "sampling": (
+                    "i_k uniform on {1..m}, one index per step, with replacement"
+                ),
                 **{
                     k: v
                     for k, v in p.constants.items()

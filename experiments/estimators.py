@@ -41,6 +41,7 @@ from ._report import append_jsonl, environment, output_dir, write_json
 
 QUALITY_METHODS = ("mean", "orthogonal", "projection", "projection-rescaled", "spsa")
 MNIST_5K_VALIDATION = 1000
+DESIGN_OPTIMIZERS = ("adam", "fwd-adam", "fwd-adam-global")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,38 +52,38 @@ class Preset:
     quality_repeats: int
     quality_batch: int
     training_model: str
-    training_runs: tuple[tuple[str, str, float], ...]  # (estimator, optimizer, lr)
+    # (estimator, optimizer, lr); lr None: the optimizer's best lr in the design runs
+    training_runs: tuple[tuple[str, str, float | None], ...]
     iterations: int
     eval_every: int
     seeds: int
     # (optimizer, lr) pairs for forward gradient (Gaussian, K = 1), seed 0.
-    design: tuple[tuple[str, float], ...] = tuple(
-        (optimizer, lr)
-        for optimizer in ("adam", "fwd-adam", "fwd-adam-global")
-        for lr in (1e-4, 3e-4, 1e-3)
-    ) + tuple(
-        (optimizer, lr) for lr in (3e-3, 1e-2) for optimizer in ("adam", "fwd-adam")
+    design: tuple[tuple[str, float], ...] = (
+        *((name, lr) for name in DESIGN_OPTIMIZERS for lr in (1e-4, 3e-4, 1e-3)),
+        ("adam", 3e-3),
+        ("fwd-adam", 3e-3),
     )
 
 
-# Learning rates: Adam at 1e-3 (backprop's usual scale) for backprop; forward
-# gradient + Adam at 1e-4, the better of {1e-4, 1e-3} in the mnist_compare sweep and
-# in ours; fwd_adam picked the same way among {3e-5, 1e-4, 3e-4} (see docs/beyond.md).
+# Learning rates: backprop + Adam at 1e-3 (Adam's usual scale), backprop + SGD at
+# 5e-2; every forward method at 1e-3, the best of {1e-4, 3e-4, 1e-3} for forward
+# gradient with Adam, fwd_adam (leaf) and fwd_adam (global) in the design runs (seed
+# 0, lowest final validation loss; `best_design_lrs` reads them; `None` as lr uses it).
 FULL = Preset(
     width=1024,
     quality_ks=(1, 4, 16, 64),
     quality_checkpoints=(0, 200, 1000),
-    quality_repeats=8,
+    quality_repeats=4,
     quality_batch=256,
     training_model="mlp",
     training_runs=(
         ("backprop", "adam", 1e-3),
-        ("backprop", "sgd", 1e-1),
-        ("fwd-gaussian", "adam", 1e-4),
-        ("fwd-gaussian", "fwd-adam", 1e-4),
-        ("fwd-projection-k4", "adam", 1e-4),
-        ("fwd-projection-k16", "adam", 1e-4),
-        ("spsa", "adam", 1e-4),
+        ("backprop", "sgd", 5e-2),
+        ("fwd-gaussian", "adam", 1e-3),
+        ("fwd-gaussian", "fwd-adam", 1e-3),
+        ("fwd-projection-k4", "adam", 1e-3),
+        ("spsa", "adam", 1e-3),
+        ("fwd-projection-k16", "adam", 1e-3),
     ),
     iterations=1500,
     eval_every=100,
@@ -317,8 +318,38 @@ def plot_quality(quality: dict[str, Any], path: Path) -> None:
 # ------------------------------------------------------------------- part 2: training
 
 
-def _run_configs(preset: Preset, seeds: int, part: str = "training") -> list:
+def best_design_lrs(out: Path) -> dict[str, float]:
+    """The lr with the lowest final validation loss per optimizer among the design
+    runs in `out/design_runs.jsonl`."""
+    best: dict[str, tuple[float, float]] = {}
+    for run in _read_runs(out / "design_runs.jsonl").values():
+        loss = run["final_val_loss"]
+        if loss is None:
+            continue
+        name = run["config"]["optimizer"]
+        if name not in best or loss < best[name][0]:
+            best[name] = (loss, run["config"]["lr"])
+    return {name: lr for name, (_, lr) in best.items()}
+
+
+def _run_configs(
+    preset: Preset,
+    seeds: int,
+    part: str = "training",
+    best_lrs: dict[str, float] | None = None,
+) -> list:
     from ._mnist_train import RunConfig
+
+    best_lrs = best_lrs or {}
+
+    def lr_for(optimizer: str, lr: float | None) -> float:
+        if lr is not None:
+            return lr
+        if optimizer not in best_lrs:
+            raise SystemExit(
+                f"error: no design run for {optimizer!r}; run `--part design` first"
+            )
+        return best_lrs[optimizer]
 
     if part == "design":
         return [
@@ -339,7 +370,7 @@ def _run_configs(preset: Preset, seeds: int, part: str = "training") -> list:
             dataset="mnist-5k",
             model=preset.training_model,
             optimizer=optimizer,
-            lr=lr,
+            lr=lr_for(optimizer, lr),
             estimator=estimator,
             seed=seed,
             iterations=preset.iterations,
@@ -370,15 +401,16 @@ def train_all(
     to_float,
     out: Path,
     part: str = "training",
+    train: bool = True,
 ):
     from . import _mnist_train
 
     path = out / ("design_runs.jsonl" if part == "design" else "runs.jsonl")
     finished = _read_runs(path)
     cache: dict = {}
-    configs = _run_configs(preset, seeds, part)
+    configs = _run_configs(preset, seeds, part, best_design_lrs(out))
     for index, config in enumerate(configs):
-        if config.run_id in finished:
+        if config.run_id in finished or not train:
             continue
         start = time.perf_counter()
         record = _mnist_train.train_run(
@@ -392,7 +424,7 @@ def train_all(
             f"(wall {time.perf_counter() - start:.1f}s)",
             flush=True,
         )
-    return [finished[c.run_id] for c in configs]
+    return [finished[c.run_id] for c in configs if c.run_id in finished]
 
 
 def _label(config: dict[str, Any]) -> str:
@@ -527,6 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--part", choices=("quality", "training", "design", "all"), default="all"
     )
     parser.add_argument("--seeds", type=int, help="training seeds (0, 1, ...)")
+    parser.add_argument(
+        "--summarise-only",
+        action="store_true",
+        help="train nothing; summarise the finished runs in runs.jsonl",
+    )
     return parser
 
 
@@ -551,7 +588,7 @@ def main(argv: list[str] | None = None) -> None:
         write_json(out / "quality.json", {**meta, **quality})
         plot_quality(quality, out / "quality.png")
         print(f"wrote {out / 'quality.json'} and quality.png")
-    if args.part == "design":
+    if args.part == "design" or (args.part == "all" and not args.quick):
         runs = train_all(preset, 1, dataset, batches, to_float, out, part="design")
         design = {
             _label(run["config"]): {
@@ -568,7 +605,15 @@ def main(argv: list[str] | None = None) -> None:
         for label, entry in design.items():
             print(f"{label:45s} {entry}")
     if args.part in ("training", "all"):
-        runs = train_all(preset, seeds, dataset, batches, to_float, out)
+        runs = train_all(
+            preset,
+            seeds,
+            dataset,
+            batches,
+            to_float,
+            out,
+            train=not args.summarise_only,
+        )
         summary = summarise_training(runs)
         write_json(
             out / "training.json",

@@ -149,7 +149,7 @@ def _collectives(step, model, batch, key):
     [
         ("data", 1, fwdeqx.LowRank()),
         ("data", 4, fwdeqx.Rademacher()),
-        ("tangent", 4, fwdeqx.LowRank(rank=2)),
+        ("tangent", 8, fwdeqx.LowRank(rank=2)),
     ],
 )
 def test_forward_gradient_matches_one_device(getkey, mode, num_tangents, tangents):

@@ -243,9 +243,11 @@ def test_time_to_match_without_finite_backprop():
 def _run(estimator, seed, times, val_losses, diverged=False):
     return {
         "config": {"optimizer": "sgd", "lr": 0.1, "estimator": estimator, "seed": seed},
+        "iteration": [10 * (i + 1) for i in range(len(times))],
         "time": times,
         "val_loss": val_losses,
         "diverged": diverged,
+        "diverged_at": 25 if diverged else None,
         "final_val_loss": None if diverged else val_losses[-1],
         "final_val_accuracy": None if diverged else 0.5,
     }
@@ -264,6 +266,11 @@ def test_summary_ratio_and_never():
     assert rows["fwd-gaussian"]["T_f/T_b"] == 2.0
     assert rows["fwd-gaussian"]["reached"] == "1/2"
     assert rows["fwd-rademacher"]["T_f/T_b"] is None
+    # Per iteration (record 2 = iteration 20): 0.5 vs 0.5 and 0.5 vs 0.4.
+    assert rows["fwd-gaussian"]["common_iteration"] == 20
+    assert rows["fwd-gaussian"]["val_gap_at_common_iteration"] == pytest.approx(
+        (0.0 + 0.25) / 2
+    )
     table = _mnist_report.text_table(list(rows.values()))
     assert "never" in table
     assert "2.00 (1/2 seeds)" in table

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from experiments import beale, convergence, unbiasedness
 
 import fwdeqx
-from experiments import beale, convergence, unbiasedness
 from fwdeqx.testfns import BEALE_PAPER_POINT
 
 
@@ -81,9 +81,10 @@ def test_unbiasedness_quick(tmp_path):
                 assert abs(entry["second_moment_z"]) < 5, (problem, name, entry["n"])
                 expected = 4.0 if name == "scaled_gaussian" else 1.0
                 assert entry["projection_theory"] == expected
-                assert abs(entry["projection_on_grad"] - expected) < 5 * (
-                    entry["projection_on_grad_ci95"] / 1.96
-                ) + 0.02 * expected, (problem, name, entry["n"])
+                assert (
+                    abs(entry["projection_on_grad"] - expected)
+                    < 5 * (entry["projection_on_grad_ci95"] / 1.96) + 0.02 * expected
+                ), (problem, name, entry["n"])
 
 
 def test_convergence_quick(tmp_path):
@@ -93,8 +94,9 @@ def test_convergence_quick(tmp_path):
     assert data["violations"] == []
     for problem, per_distribution in data["results"].items():
         constants = data["problems"][problem]
-        for field in ("L", "sigma2", "f0_minus_fstar", "n", "m", "sampling"):
-            assert field in constants
+        for field in ("L", "sigma2", "f0_minus_fstar"):
+            assert isinstance(constants[field], float) and constants[field] > 0
+        assert "uniform" in constants["sampling"]
         for name, entry in per_distribution.items():
             n = constants["n"]
             assert entry["C1"] == (n * (n + 2) if name == "gaussian" else n * n)
@@ -115,14 +117,10 @@ def test_exact_moment_recursion_matches_monte_carlo(getkey):
     steps = 31
     for name in ("gaussian", "rademacher"):
         alpha = np.asarray([0.05])
+        settings = {name: (convergence.TANGENTS[name], jnp.asarray(alpha, jnp.float32))}
         mean, stderr = convergence.simulate(
-            problem,
-            convergence.TANGENTS[name],
-            jnp.asarray(alpha, jnp.float32),
-            getkey(),
-            seeds=4000,
-            steps=steps,
-        )
+            problem, settings, getkey(), seeds=4000, steps=steps
+        )[name]
         exact = convergence.exact_quadratic_moments(problem, name, alpha, steps)
         for k in (10, 30):
             assert abs(mean[k, 0] - exact[k, 0]) < 5 * stderr[k, 0], (name, k)

@@ -10,13 +10,14 @@ backprop, for comparison, all-reduces the whole gradient.
   the devices; each evaluates the K directional derivatives on its shard; their
   mean over devices is the full-batch derivative.
 - `make_step(..., mode="tangent")`: the K tangents are split over the devices; each
-  evaluates its K/D tangents on the whole batch; the derivatives are gathered.
+  evaluates its K/D tangents on the whole batch; one sum over devices of a vector
+  of K + 1 slots gives every device all the derivatives.
 - `make_backprop_step(loss, optimizer, mesh=mesh)`: data-parallel backprop.
 
-In every case each device then forms the same gradient from the same (regenerated)
-tangents and applies the same update, so the parameters stay replicated, and the
-result equals the single-device `fwdeqx.make_step` with the same key up to float
-rounding.
+In every case each device then forms the same gradient from the same tangents
+(drawn again from the key in tangent mode) and applies the same update, so the
+parameters stay replicated, and the result equals the single-device
+`fwdeqx.make_step` with the same key up to float rounding.
 
 !!! Example
 
@@ -463,7 +464,7 @@ def make_backprop_step(
     )
 
 
-_COLLECTIVES = (
+_COLLECTIVES: tuple[str, ...] = (
     "all-reduce",
     "all-gather",
     "reduce-scatter",
@@ -511,7 +512,7 @@ def collective_bytes(hlo_text: str) -> dict[str, int]:
     the size of the reduced buffer; asynchronous `-start`/`-done` pairs are counted
     once.
     """
-    totals = dict.fromkeys(_COLLECTIVES, 0)
+    totals: dict[str, int] = dict.fromkeys(_COLLECTIVES, 0)
     for match in _INSTRUCTION.finditer(hlo_text):
         totals[match.group("op")] += _shape_bytes(match.group("shape"))
     return totals

@@ -1,14 +1,17 @@
 """The training input pipeline: a deterministic, resumable Grain iterator of shuffled
 mini-batches, cheap enough to be noise next to a training step.
 
-Design (measured with `python -m benchmarks.pipeline`): Grain's per-record
-`MapDataset.shuffle(...).batch(...)` costs ~0.5-0.8 ms per batch of 64 on this CPU,
-a quarter of a 2.2 ms MLP backprop step, because it calls Python once per image. So
-the shuffle and batching happen on *indices*, vectorised: each epoch is one seeded
-permutation of all images (one ~10 ms argsort, amortised over the epoch), batch `i`
-of the epoch is a slice of it, and a Grain `MapDataset` over steps gathers the batch
-from one contiguous uint8 array in a single NumPy fancy-index and converts it to
-float32. Grain supplies the iterator and its checkpointable state."""
+Design (measured with `python -m benchmarks.pipeline`, 2-core CPU): Grain's
+per-record `MapDataset.shuffle(...).batch(...)` costs 0.5-1.1 ms per batch of 64,
+because it calls Python once per image: a quarter or more of a 2.2 ms MLP backprop
+step. So the shuffle and batching happen on *indices*, vectorised: each epoch is one
+seeded permutation of all images (one ~10 ms argsort, amortised over the epoch's
+937 batches), batch `i` of the epoch is a slice of it, and a Grain `MapDataset` over
+steps gathers the batch from one contiguous uint8 array with a single NumPy
+fancy-index and converts it to float32: ~35-90 us per batch in all (1-2% of a step).
+Grain supplies the iterator and its checkpointable state. NumPy's own
+`Generator.permutation` would be ~10 us per batch cheaper, but its stream may change
+between NumPy releases; the hash-based permutation never does."""
 
 import sys
 from typing import Any, Literal
@@ -17,6 +20,7 @@ import grain
 import numpy as np
 from jaxtyping import Float32, Int, UInt8
 
+from ._datasets import pixel_stats
 from ._permute import permutation
 
 
@@ -30,8 +34,6 @@ def _scale_offset(
     if standardize is False:
         return None
     if standardize is True:
-        from ._datasets import pixel_stats
-
         return pixel_stats(images)
     mean, std = standardize
     if not std > 0:

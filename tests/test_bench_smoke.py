@@ -1,0 +1,48 @@
+"""Smoke test of the benchmark suite: `python -m benchmarks --quick` runs in-process
+and writes its report. No timing is asserted."""
+
+import json
+
+import pytest
+from benchmarks import __main__ as bench
+
+
+def test_quick_benchmark_writes_report(tmp_path):
+    code = bench.main(
+        ["--quick", "--out", str(tmp_path), "--only", "steps", "memory", "quality"]
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert {"machine", "versions", "env"} <= set(report["environment"])
+    suites = report["suites"]
+    for name in ("steps", "memory", "quality"):
+        assert suites[name]["status"] == "ok", suites[name]
+
+    paper = suites["steps"]["result"]["paper-mlp"]["timings"]
+    assert paper["backprop-sgd"]["ratio_to_backprop"] == pytest.approx(1.0)
+    for name in ("seed-recipe", "fwd-gaussian-k1", "fwd-lowrank-k4", "forward"):
+        assert paper[name]["median_ms"] > 0
+    assert "ratio_to_k1" in paper["fwd-lowrank-k4"]
+    assert "cnn" in suites["steps"]["result"]
+
+    memory = suites["memory"]["result"]
+    assert memory["paper-mlp"]["variants"]["backprop-sgd"]["temp_bytes"] >= 0
+    assert set(memory["depth"]) >= {"2"}
+
+    quality = suites["quality"]["result"]["estimators"]
+    assert quality["gaussian-k1"]["relative_mse"] > 0
+
+    markdown = (tmp_path / "bench.md").read_text()
+    assert "| fwd-lowrank-k1 |" in markdown
+    assert "## memory" in markdown
+
+
+def test_missing_optional_suite_is_skipped(monkeypatch):
+    def missing(name):
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    monkeypatch.setattr(bench.importlib, "import_module", missing)
+    result = bench.run_suite("distributed", quick=True)
+    assert result["status"] == "skipped"
+    with pytest.raises(ModuleNotFoundError):
+        bench.run_suite("steps", quick=True)
