@@ -3,7 +3,12 @@ pass, no backpropagation."""
 
 import importlib.metadata
 
-from . import testfns as testfns
+from . import distributed as distributed, testfns as testfns
+from ._combine import (
+    AbstractCombiner as AbstractCombiner,
+    Mean as Mean,
+    Projection as Projection,
+)
 from ._estimators import (
     AbstractEstimator as AbstractEstimator,
     Backprop as Backprop,
@@ -14,6 +19,12 @@ from ._fwd_grad import (
     filter_value_and_fwd_grad as filter_value_and_fwd_grad,
 )
 from ._lowrank import LowRank as LowRank, LowRankMatrix as LowRankMatrix
+from ._optim import (
+    ScaleByFwdAdamState as ScaleByFwdAdamState,
+    fwd_adam as fwd_adam,
+    scale_by_fwd_adam as scale_by_fwd_adam,
+)
+from ._spsa import SPSA as SPSA
 from ._step import TrainStep as TrainStep, make_step as make_step
 from ._structured import AbstractStructuredTangent as AbstractStructuredTangent
 from ._tangents import (

@@ -22,8 +22,11 @@ from ._tangents import AbstractTangentDistribution, Gaussian
 class LowRankMatrix(AbstractStructuredTangent):
     """The tangent `leftᵀ @ right` of a matrix of shape `(out, in)`, kept factored.
 
-    `left` has shape `(rank, out)` and `right` `(rank, in)`; a stack of k tangents
-    carries a leading axis k on both.
+    **Arguments:**
+
+    - `left`: shape `(rank, out)` (the 1/√r scale already folded in), or
+        `(k, rank, out)` for a stack of k tangents.
+    - `right`: shape `(rank, in)`, or `(k, rank, in)`.
     """
 
     left: Float[Array, "*k rank out"]
@@ -34,7 +37,9 @@ class LowRankMatrix(AbstractStructuredTangent):
         return jnp.einsum("kro,kri->oi", weighted_left, self.right)
 
     def scaled(self, scale: float | Float[Array, ""]) -> "LowRankMatrix":
-        return LowRankMatrix(jnp.asarray(scale, self.left.dtype) * self.left, self.right)
+        return LowRankMatrix(
+            jnp.asarray(scale, self.left.dtype) * self.left, self.right
+        )
 
     def to_dense(self) -> Array:
         return jnp.einsum("...ro,...ri->...oi", self.left, self.right)
@@ -190,9 +195,9 @@ class LowRank(AbstractTangentDistribution):
         factor_keys = iter(jax.random.split(low_rank_key, max(len(weights), 1)))
         # Dense tangents for everything else, drawn in one call to the fallback.
         rest = jtu.tree_map(
-            lambda node: eqx.tree_at(lambda n: n.weight, node, None)
-            if is_target(node)
-            else node,
+            lambda node: (
+                eqx.tree_at(lambda n: n.weight, node, None) if is_target(node) else node
+            ),
             like,
             is_leaf=is_target,
         )

@@ -16,7 +16,14 @@ _SECOND_MOMENTS = ("leaf", "global", "coordinate")
 class ScaleByFwdAdamState(NamedTuple):
     """State of [`fwdeqx.scale_by_fwd_adam`][]: the step count, the first moment
     (shaped like the parameters) and the second moment (one scalar per leaf, one
-    scalar, or shaped like the parameters, by `second_moment`)."""
+    scalar, or shaped like the parameters, by `second_moment`).
+
+    **Attributes:**
+
+    - `count`: the number of updates so far.
+    - `mu`: the first moment, shaped like the parameters.
+    - `nu`: the second moment (per leaf, global or per coordinate).
+    """
 
     count: Int[Array, ""]
     mu: optax.Updates

@@ -134,4 +134,3 @@ class Scaled(AbstractTangentDistribution):
 def tree_size(like: PyTree) -> int:
     """Number of scalar parameters n in the floating-point leaves of `like`."""
     return sum(x.size for x in jtu.tree_leaves(like) if eqx.is_inexact_array(x))
-

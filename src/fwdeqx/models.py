@@ -38,7 +38,13 @@ class MLP(eqx.Module):
 
 
 class LogisticRegression(eqx.Module):
-    """Multinomial logistic regression, 784 → 10 (Baydin et al. 2022, §5.2)."""
+    """Multinomial logistic regression, 784 → 10 (Baydin et al. 2022, §5.2).
+
+    **Arguments:**
+
+    - `key`: PRNG key for the initialisation.
+    - `in_size`, `out_size`: input and output sizes (784, 10).
+    """
 
     linear: eqx.nn.Linear
 
@@ -51,7 +57,14 @@ class LogisticRegression(eqx.Module):
 
 class CNN(eqx.Module):
     """Baydin et al.'s CNN: four 3x3 convolutions of 64 channels with ReLU, 2x2 max
-    pooling after the second and the fourth, then one dense layer to 10 classes."""
+    pooling after the second and the fourth, then one dense layer to 10 classes.
+
+    **Arguments:**
+
+    - `key`: PRNG key for the initialisation.
+    - `channels`: channels of every convolution (64).
+    - `image_size`: side of the square input image (28).
+    """
 
     convs: tuple[eqx.nn.Conv2d, ...]
     pool: eqx.nn.MaxPool2d
@@ -81,7 +94,18 @@ def cross_entropy(
     x: Float[Array, "batch ..."],
     y: Int[Array, " batch"],
 ) -> Float[Array, ""]:
-    """Mean softmax cross-entropy of `model` on a batch."""
+    """Mean softmax cross-entropy of `model` on a batch.
+
+    **Arguments:**
+
+    - `model`: maps one example to logits.
+    - `x`: a batch of inputs.
+    - `y`: integer labels, shape `(batch,)`.
+
+    **Returns:**
+
+    The mean loss, a scalar.
+    """
     logits = jax.vmap(model)(x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
@@ -91,6 +115,17 @@ def accuracy(
     x: Float[Array, "batch ..."],
     y: Int[Array, " batch"],
 ) -> Float[Array, ""]:
-    """Fraction of the batch whose arg-max logit is the label."""
+    """Fraction of the batch whose arg-max logit is the label.
+
+    **Arguments:**
+
+    - `model`: maps one example to logits.
+    - `x`: a batch of inputs.
+    - `y`: integer labels, shape `(batch,)`.
+
+    **Returns:**
+
+    The accuracy in [0, 1], a scalar.
+    """
     logits = jax.vmap(model)(x)
     return jnp.mean((jnp.argmax(logits, axis=-1) == y).astype(jnp.float32))

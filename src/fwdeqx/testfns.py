@@ -65,7 +65,17 @@ def rosenbrock(
 def rosenbrock_minimum(n: int, a: float = 1.0) -> Float[Array, " n"]:
     """The global minimum of `rosenbrock` in n dimensions (for the given `a`; it
     does not depend on `b`). For n > 2 with a ≠ 1 the classic closed form no longer
-    holds, so `a` must be 1 there."""
+    holds, so `a` must be 1 there.
+
+    **Arguments:**
+
+    - `n`: the dimension.
+    - `a`: the constant a of `rosenbrock`.
+
+    **Returns:**
+
+    The minimiser, `(a, a²)` for n = 2 and `(1, ..., 1)` otherwise.
+    """
     if n > 2 and a != 1.0:
         raise ValueError("The closed-form minimum for n > 2 is known for a = 1 only.")
     if n == 2:

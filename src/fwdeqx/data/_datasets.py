@@ -26,6 +26,8 @@ from ._permute import permutation
 logger = logging.getLogger("fwdeqx.data")
 
 DATA_DIR_ENV = "FWDEQX_DATA_DIR"
+"""Environment variable naming a directory searched for datasets (as DIR/<name>, then
+DIR)."""
 HOLDOUT_SEED = 0
 """Seed of the fixed permutation that picks the `k` held-out training images when
 `validation=k` (see [`fwdeqx.data.load_dataset`][])."""
@@ -36,7 +38,17 @@ class DatasetSpec:
     """Where an IDX dataset lives: its four files (train images, train labels, test
     images, test labels, in that order, as named on the mirrors), the download
     mirrors, and known system install directories. Replace entries of
-    `fwdeqx.data.SPECS` to change mirrors or checksums."""
+    `fwdeqx.data.SPECS` to change mirrors or checksums.
+
+    **Attributes:**
+
+    - `name`: the dataset's name, e.g. `"mnist"`.
+    - `files`: the four [`fwdeqx.data.RemoteFile`][]s (name, SHA-256, size): train
+        images, train labels, test images, test labels, in that order.
+    - `mirrors`: base URLs the files are downloaded from, tried in turn.
+    - `system_dirs`: directories where a system package installs the files
+        (default: none).
+    """
 
     name: str
     files: tuple[RemoteFile, RemoteFile, RemoteFile, RemoteFile]
@@ -112,7 +124,10 @@ SPECS: dict[str, DatasetSpec] = {
         system_dirs=("/usr/share/datasets/fashion-mnist",),
     ),
 }
+"""The IDX datasets by name: files, SHA-256, mirrors, system install directories.
+Replace entries to change mirrors or checksums."""
 DATASET_NAMES = ("mnist", "fashion-mnist", "mnist-5k")
+"""The names accepted by `load_dataset`."""
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -190,7 +205,16 @@ class Dataset:
 
 def pixel_stats(images: UInt8[np.ndarray, "n h w"]) -> tuple[float, float]:
     """Mean and standard deviation of `images / 255` (computed exactly from the
-    256-bin histogram, so cheap even for 47M pixels)."""
+    256-bin histogram, so cheap even for 47M pixels).
+
+    **Arguments:**
+
+    - `images`: uint8 images (any shape; all pixels are pooled).
+
+    **Returns:**
+
+    `(mean, std)` as Python floats (population standard deviation).
+    """
     counts = np.bincount(images.reshape(-1), minlength=256).astype(np.float64)
     values = np.arange(256, dtype=np.float64) / 255.0
     total = counts.sum()
@@ -201,7 +225,16 @@ def pixel_stats(images: UInt8[np.ndarray, "n h w"]) -> tuple[float, float]:
 
 def cache_dir(name: str) -> Path:
     """The user cache directory of dataset `name`:
-    `$XDG_CACHE_HOME/fwdeqx/<name>`, by default `~/.cache/fwdeqx/<name>`."""
+    `$XDG_CACHE_HOME/fwdeqx/<name>`, by default `~/.cache/fwdeqx/<name>`.
+
+    **Arguments:**
+
+    - `name`: the dataset's name, e.g. `"mnist"`.
+
+    **Returns:**
+
+    The directory's path, with `~` expanded (it is not created).
+    """
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
     return Path(root).expanduser() / "fwdeqx" / name
 

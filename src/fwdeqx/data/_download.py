@@ -24,7 +24,15 @@ _CHUNK = 1 << 16
 @dataclasses.dataclass(frozen=True)
 class RemoteFile:
     """One file to download: its name on the mirrors (and on disk), its SHA-256 and
-    (optionally) its size in bytes, used for the progress bar."""
+    (optionally) its size in bytes, used for the progress bar.
+
+    **Attributes:**
+
+    - `name`: the file name on the mirrors and on disk.
+    - `sha256`: the expected hex SHA-256 of the file.
+    - `size`: the size in bytes, for the progress bar, or `None` if unknown
+        (default).
+    """
 
     name: str
     sha256: str
@@ -46,7 +54,16 @@ class _MirrorUnreachable(Exception):
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """The hex SHA-256 of a file, read in chunks."""
+    """The hex SHA-256 of a file, read in chunks.
+
+    **Arguments:**
+
+    - `path`: the file to hash.
+
+    **Returns:**
+
+    The SHA-256 digest as a lowercase hex string.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -204,6 +221,14 @@ def download_files(
     [`fwdeqx.data.download_file`][] (files already there are kept: they were only
     ever renamed into place after verification). A mirror that cannot be reached is
     not tried again for the following files.
+
+    **Arguments:**
+
+    - `remotes`: the files to get (name, SHA-256, size).
+    - `directory`: where to put them (created if a file must be downloaded).
+    - `mirrors`: base URLs; each file's URL is `mirror.rstrip("/") + "/" + name`.
+    - `timeout`: socket timeout in seconds per connection attempt and read.
+    - `progress`: show a progress bar (tqdm if installed, else plain lines on stderr).
 
     **Returns:**
 

@@ -45,6 +45,11 @@ def read_mnist_5k(
     comma-separated integers, the 784 pixels (row-major 28x28, 0-255) then the label
     (0-9); no header.
 
+    **Arguments:**
+
+    - `path`: the csv file, raw or gzip-compressed (detected from its content, not
+        its name).
+
     **Returns:**
 
     `(images, labels)`: uint8 `(n, 28, 28)` and int32 `(n,)`, in file order.
@@ -90,9 +95,20 @@ def split_mnist_5k(
     images (in file order) go to validation, the rest to training; both keep file
     order.
 
+    **Arguments:**
+
+    - `images`: uint8 images `(n, 28, 28)`, e.g. from
+        [`fwdeqx.data.read_mnist_5k`][].
+    - `labels`: int32 labels `(n,)`, one per image.
+    - `per_class`: how many images of each class go to validation (default 100).
+
     **Returns:**
 
     `(train_images, train_labels, val_images, val_labels)`.
+
+    **Raises:**
+
+    `ValueError` if a class has no more than `per_class` images.
     """
     is_validation = np.zeros(len(labels), dtype=bool)
     for digit in np.unique(labels):
