@@ -25,7 +25,7 @@ class ScaleByFwdAdamState(NamedTuple):
     - `nu`: the second moment (per leaf, global or per coordinate).
     """
 
-    count: Int[Array, ""]
+    count: Int[Array, ""]  # pyright: ignore[reportIncompatibleMethodOverride]
     mu: optax.Updates
     nu: optax.Updates
 
