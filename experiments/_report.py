@@ -65,6 +65,19 @@ def append_jsonl(path: Path, record: Any) -> None:
         os.close(fd)
 
 
+def read_runs(path: Path) -> dict[str, dict[str, Any]]:
+    """Finished runs by `run_id` (a line cut short by a crash is skipped)."""
+    runs: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            runs[record["run_id"]] = record
+    return runs
+
+
 def environment() -> dict[str, str]:
     """Versions and machine facts recorded with every result."""
     import importlib.metadata

@@ -26,7 +26,6 @@ rerunning resumes), `training.json`, `training.png`.
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ._report import append_jsonl, environment, output_dir, write_json
+from ._report import append_jsonl, environment, output_dir, read_runs, write_json
 
 
 QUALITY_METHODS = ("mean", "orthogonal", "projection", "projection-rescaled", "spsa")
@@ -322,7 +321,7 @@ def best_design_lrs(out: Path) -> dict[str, float]:
     """The lr with the lowest final validation loss per optimizer among the design
     runs in `out/design_runs.jsonl`."""
     best: dict[str, tuple[float, float]] = {}
-    for run in _read_runs(out / "design_runs.jsonl").values():
+    for run in read_runs(out / "design_runs.jsonl").values():
         loss = run["final_val_loss"]
         if loss is None:
             continue
@@ -381,18 +380,6 @@ def _run_configs(
     ]
 
 
-def _read_runs(path: Path) -> dict[str, dict[str, Any]]:
-    runs: dict[str, dict[str, Any]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            runs[record["run_id"]] = record
-    return runs
-
-
 def train_all(
     preset: Preset,
     seeds: int,
@@ -406,7 +393,7 @@ def train_all(
     from . import _mnist_train
 
     path = out / ("design_runs.jsonl" if part == "design" else "runs.jsonl")
-    finished = _read_runs(path)
+    finished = read_runs(path)
     cache: dict = {}
     configs = _run_configs(preset, seeds, part, best_design_lrs(out))
     for index, config in enumerate(configs):

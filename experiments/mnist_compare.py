@@ -34,7 +34,6 @@ lr of the appendix figure), Adam 1e-4; paper: SGD 1e-4 and 3e-4 plus 3e-3, Adam
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import shlex
@@ -43,7 +42,14 @@ from pathlib import Path
 from typing import Any
 
 from . import _registry
-from ._report import append_jsonl, environment, output_dir, write_atomic, write_json
+from ._report import (
+    append_jsonl,
+    environment,
+    output_dir,
+    read_runs,
+    write_atomic,
+    write_json,
+)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -251,19 +257,6 @@ def dataset_info(dataset: Any) -> dict[str, Any]:
         "num_train": len(dataset.train_labels),
         "num_val": len(dataset.val_labels),
     }
-
-
-def read_runs(path: Path) -> dict[str, dict[str, Any]]:
-    """Finished runs by `run_id` (a line cut short by a crash is skipped)."""
-    runs: dict[str, dict[str, Any]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            runs[record["run_id"]] = record
-    return runs
 
 
 def grid(settings: Settings, dataset_name: str) -> list:
