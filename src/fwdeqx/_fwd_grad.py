@@ -10,7 +10,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jaxtyping import PRNGKeyArray, PyTree
+from jaxtyping import Array, Float, Key, PRNGKeyArray, PyTree, UInt32
 
 from ._combine import AbstractCombiner
 from ._directional import (
@@ -100,8 +100,52 @@ def sample_tangents(
     num_tangents: int,
 ) -> PyTree:
     """`num_tangents` independent tangents stacked on a new leading axis."""
-    keys = jax.random.split(key, num_tangents)
+    return sample_tangent_stack(tangents, jax.random.split(key, num_tangents), like)
+
+
+def sample_tangent_stack(
+    tangents: AbstractTangentDistribution,
+    keys: Key[Array, " k"] | UInt32[Array, "k 2"],
+    like: PyTree,
+) -> PyTree:
+    """One tangent per key, stacked on a new leading axis: tangent k from keys[k]."""
     return jax.vmap(tangents, in_axes=(0, None))(keys, like)
+
+
+def draw_tangents(
+    tangents: AbstractTangentDistribution,
+    key: PRNGKeyArray,
+    like: PyTree,
+    num_tangents: int,
+) -> PyTree:
+    """The tangents of one forward-gradient estimate: for K = 1 a single tangent
+    drawn from `key` itself, for K > 1 a stack of K from `split(key, K)`."""
+    if num_tangents == 1:
+        return tangents(key, like)
+    return sample_tangents(tangents, key, like, num_tangents)
+
+
+def value_and_derivatives_along(
+    fn: Callable[[PyTree], tuple[Array, Any]],
+    x: PyTree,
+    drawn: PyTree,
+    num_tangents: int,
+) -> tuple[tuple[Array, Any], Float[Array, " k"]]:
+    """`fn(x)` and its K directional derivatives along tangents from
+    `draw_tangents`."""
+    if num_tangents == 1:
+        out, derivative = value_and_directional_derivative(fn, x, drawn)
+        return out, derivative[None]
+    return value_and_directional_derivatives(fn, x, drawn)
+
+
+def mean_forward_gradient(
+    derivatives: Float[Array, " k"], drawn: PyTree, num_tangents: int
+) -> PyTree:
+    """(1/K) Σ_k d_k v_k, dense, for tangents from `draw_tangents`."""
+    if num_tangents == 1:
+        return densify(scale_tangent(drawn, derivatives[0]))
+    return weighted_tangent_sum(derivatives / num_tangents, drawn)
 
 
 def fwd_value_and_grad(
@@ -135,14 +179,12 @@ def fwd_value_and_grad(
         stack = combine.prepare(stack, num_parameters)
         (value, aux), derivatives = value_and_directional_derivatives(fn, x, stack)
         grad = combine(derivatives, stack, num_parameters)
-    elif num_tangents == 1:
-        tangent = tangents(key, like)
-        (value, aux), derivative = value_and_directional_derivative(fn, x, tangent)
-        grad = densify(scale_tangent(tangent, derivative))
     else:
-        stack = sample_tangents(tangents, key, like, num_tangents)
-        (value, aux), derivatives = value_and_directional_derivatives(fn, x, stack)
-        grad = weighted_tangent_sum(derivatives / num_tangents, stack)
+        drawn = draw_tangents(tangents, key, like, num_tangents)
+        (value, aux), derivatives = value_and_derivatives_along(
+            fn, x, drawn, num_tangents
+        )
+        grad = mean_forward_gradient(derivatives, drawn, num_tangents)
     return ((value, aux) if has_aux else value), grad
 
 

@@ -45,13 +45,16 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from ._directional import (
-    check_scalar_output,
-    value_and_directional_derivative,
-    value_and_directional_derivatives,
+from ._directional import check_scalar_output, value_and_directional_derivatives
+from ._fwd_grad import (
+    check_key,
+    check_num_tangents,
+    check_tangents,
+    draw_tangents,
+    mean_forward_gradient,
+    sample_tangent_stack,
+    value_and_derivatives_along,
 )
-from ._fwd_grad import check_key, check_num_tangents, check_tangents
-from ._structured import densify, scale_tangent, weighted_tangent_sum
 from ._tangents import AbstractTangentDistribution, Gaussian
 
 
@@ -210,25 +213,16 @@ class DistributedTrainStep(eqx.Module):
     ) -> tuple[Array, PyTree]:
         like = eqx.filter(model, eqx.is_inexact_array)
         fn = self._loss_fn(batch)
-        if self.num_tangents == 1:
-            tangents = self._tangents(key, like)
-            (value, _), derivative = value_and_directional_derivative(
-                fn, model, tangents
-            )
-            derivatives = derivative[None]
-        else:
-            tangents = _sample(
-                self._tangents, _tangent_keys(key, self.num_tangents), like
-            )
-            (value, _), derivatives = value_and_directional_derivatives(
-                fn, model, tangents
-            )
+        tangents = draw_tangents(self._tangents, key, like, self.num_tangents)
+        (value, _), derivatives = value_and_derivatives_along(
+            fn, model, tangents, self.num_tangents
+        )
         # The loss is a mean over the batch, so the mean over equal shards of the
         # local derivatives is the full-batch derivative: only K + 1 scalars move.
         value, derivatives = jax.lax.pmean((value, derivatives), self.axis_name)
         # The tangents were drawn from the shared key, so they are the same on every
         # device: each forms the same gradient without exchanging it.
-        return value, self._gradient(derivatives, tangents)
+        return value, mean_forward_gradient(derivatives, tangents, self.num_tangents)
 
     def _tangent_parallel(
         self, model: PyTree, batch: Any, key: PRNGKeyArray
@@ -238,7 +232,7 @@ class DistributedTrainStep(eqx.Module):
         index = jax.lax.axis_index(self.axis_name)
         keys = _tangent_keys(key, self.num_tangents)
         local_keys = jax.lax.dynamic_slice_in_dim(keys, index * per_device, per_device)
-        local_stack = _sample(self._tangents, local_keys, like)
+        local_stack = sample_tangent_stack(self._tangents, local_keys, like)
         # The tangents differ between devices; typing the model's copy as varying
         # too lets custom jvp rules (`fwdeqx.LowRank`) see matching types.
         varying_model = _to_varying(model, self.axis_name)
@@ -259,19 +253,8 @@ class DistributedTrainStep(eqx.Module):
         value = slots[0].astype(value.dtype)
         # Each device held only its own K/D tangents: draw all K again from the
         # shared key (the same on every device) to form the gradient.
-        return value, self._gradient(slots[1:], self._regenerate(key, like))
-
-    def _gradient(self, derivatives: Float[Array, " k"], tangents: PyTree) -> PyTree:
-        """The forward gradient from the agreed derivatives and the tangents (one,
-        or K stacked): the same arithmetic as `fwdeqx.ForwardGradient`."""
-        if self.num_tangents == 1:
-            return densify(scale_tangent(tangents, derivatives[0]))
-        return weighted_tangent_sum(derivatives / self.num_tangents, tangents)
-
-    def _regenerate(self, key: PRNGKeyArray, like: PyTree) -> PyTree:
-        if self.num_tangents == 1:
-            return self._tangents(key, like)
-        return _sample(self._tangents, _tangent_keys(key, self.num_tangents), like)
+        tangents = draw_tangents(self._tangents, key, like, self.num_tangents)
+        return value, mean_forward_gradient(slots[1:], tangents, self.num_tangents)
 
     @property
     def _tangents(self) -> AbstractTangentDistribution:
@@ -284,10 +267,6 @@ def _tangent_keys(key: PRNGKeyArray, num_tangents: int) -> Array:
     if num_tangents == 1:
         return key[None]
     return jax.random.split(key, num_tangents)
-
-
-def _sample(tangents: AbstractTangentDistribution, keys: Array, like: PyTree) -> PyTree:
-    return jax.vmap(tangents, in_axes=(0, None))(keys, like)
 
 
 def _to_varying(tree: PyTree, axis_name: str) -> PyTree:
