@@ -32,10 +32,19 @@ def _steps_tables(result: dict[str, Any]) -> list[str]:
 
 
 def _memory_tables(result: dict[str, Any]) -> list[str]:
+    lines = _memory_section(result, "default CPU scheduler")
+    if "memory_optimized" in result:
+        lines += _memory_section(
+            result["memory_optimized"], "memory-optimised CPU scheduler"
+        )
+    return lines
+
+
+def _memory_section(result: dict[str, Any], scheduler: str) -> list[str]:
     paper = result["paper-mlp"]
     variants = list(paper["variants"])
     lines = [
-        f"### XLA temp memory, {paper['description']}",
+        f"### XLA temp memory, {scheduler}, {paper['description']}",
         "",
         "| variant | temp MiB | / backprop |",
         "|---|---:|---:|",
@@ -45,7 +54,7 @@ def _memory_tables(result: dict[str, Any]) -> list[str]:
             f"| {name} | {_mib(row['temp_bytes'])} | "
             f"{row['temp_ratio_to_backprop']:.2f} |"
         )
-    lines += ["", "### Temp memory (MiB) against depth", ""]
+    lines += ["", f"### Temp memory (MiB) against depth, {scheduler}", ""]
     lines.append("| depth | params | " + " | ".join(variants) + " |")
     lines.append("|---|---:|" + "---:|" * len(variants))
     for depth, table in result["depth"].items():

@@ -131,6 +131,7 @@ class SeedRecipeStep(eqx.Module):
 
 DISTRIBUTIONS: dict[str, fwdeqx.AbstractTangentDistribution] = {
     "gaussian": fwdeqx.Gaussian(),
+    "gaussian_hash": fwdeqx.Gaussian(generator="hash"),
     "rademacher": fwdeqx.Rademacher(),
     "lowrank": fwdeqx.LowRank(rank=1),
 }

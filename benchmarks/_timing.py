@@ -55,12 +55,15 @@ def _is_array_like(leaf: object) -> bool:
     return isinstance(leaf, jax.Array | jax.ShapeDtypeStruct)
 
 
-def compiled_memory(fn: Callable, *args: Any) -> dict[str, int]:
+def compiled_memory(
+    fn: Callable, *args: Any, compiler_options: dict[str, str] | None = None
+) -> dict[str, int]:
     """XLA's memory analysis of `fn(*args)` compiled as one program.
 
     Arrays may be given as `jax.ShapeDtypeStruct`s (e.g. from `eqx.filter_eval_shape`)
     so that large models need not be allocated. `temp_bytes` is the scratch memory
-    the program needs besides its arguments and outputs.
+    the program needs besides its arguments and outputs. `compiler_options` are XLA
+    debug options for this compilation only (e.g. the CPU scheduler).
     """
     dynamic, static = eqx.partition((fn, args), _is_array_like)
 
@@ -68,7 +71,8 @@ def compiled_memory(fn: Callable, *args: Any) -> dict[str, int]:
         fn_, args_ = eqx.combine(dynamic, static)
         return eqx.filter(fn_(*args_), eqx.is_array)
 
-    analysis = jax.jit(pure).lower(dynamic).compile().memory_analysis()
+    compiled = jax.jit(pure, compiler_options=compiler_options).lower(dynamic).compile()
+    analysis = compiled.memory_analysis()
     return {
         "temp_bytes": int(analysis.temp_size_in_bytes),
         "argument_bytes": int(analysis.argument_size_in_bytes),

@@ -3,6 +3,11 @@
 `temp_bytes` comes from `jax.jit(step).lower(...).compile().memory_analysis()`:
 the scratch memory of the step besides its arguments and outputs. Models are only
 traced as shapes, so the deep models are never allocated.
+
+Every table is measured twice: with XLA's default CPU scheduler, which favours
+concurrency and runs the whole primal chain of a jvp before its tangent chain (so
+every layer's activations are alive at once, as in backprop), and with XLA's
+memory-optimised CPU scheduler (`MEMORY_OPTIMIZED`, below), which interleaves them.
 """
 
 from typing import Any
@@ -17,18 +22,30 @@ from ._timing import compiled_memory
 BASELINE = "backprop-sgd"
 VARIANTS = ("backprop-sgd", "seed-recipe", *(fwd_name(d, 1) for d in DISTRIBUTIONS))
 QUICK_VARIANTS = ("backprop-sgd", fwd_name("lowrank", 1))
+# Also settable for a whole process:
+# XLA_FLAGS=--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED
+MEMORY_OPTIMIZED = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 
 
-def step_memory(setup: Setup, name: str) -> dict[str, int]:
+def step_memory(
+    setup: Setup, name: str, compiler_options: dict[str, str] | None = None
+) -> dict[str, int]:
     step = train_step(name)
     model = setup.model_shape()
     opt_state = eqx.filter_eval_shape(step.init, model)
     key = jax.eval_shape(jax.random.key, 0)
-    return compiled_memory(step, model, opt_state, setup.batch_shape(), key)
+    batch = setup.batch_shape()
+    return compiled_memory(
+        step, model, opt_state, batch, key, compiler_options=compiler_options
+    )
 
 
-def memory_table(setup: Setup, variants: tuple[str, ...]) -> dict[str, Any]:
-    table = {name: step_memory(setup, name) for name in variants}
+def memory_table(
+    setup: Setup,
+    variants: tuple[str, ...],
+    compiler_options: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    table = {name: step_memory(setup, name, compiler_options) for name in variants}
     base = table[BASELINE]["temp_bytes"]
     for row in table.values():
         row["temp_ratio_to_backprop"] = row["temp_bytes"] / max(base, 1)
@@ -39,19 +56,20 @@ def memory_table(setup: Setup, variants: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
-def run(quick: bool = False) -> dict:
+def tables(quick: bool, compiler_options: dict[str, str] | None) -> dict[str, Any]:
+    """The paper MLP, and an MLP of growing depth (width 2048, batch 512)."""
     width, batch = (16, 4) if quick else (2048, 512)
     depths = (2,) if quick else (2, 4, 8, 16)
     variants = QUICK_VARIANTS if quick else VARIANTS
     paper = mlp_setup("paper-mlp", 16 if quick else 1024, 2, 4 if quick else 64)
     results: dict[str, Any] = {
-        "paper-mlp": memory_table(paper, variants),
+        "paper-mlp": memory_table(paper, variants, compiler_options),
         "depth": {},
     }
     for depth in depths:
         setup = mlp_setup(f"mlp-depth{depth}", width, depth, batch)
-        print(f"[memory] {setup.description}", flush=True)
-        results["depth"][str(depth)] = memory_table(setup, variants)
+        print(f"[memory] {setup.description}, {compiler_options}", flush=True)
+        results["depth"][str(depth)] = memory_table(setup, variants, compiler_options)
     for label, table in [("paper-mlp", results["paper-mlp"])] + [
         (f"depth {d}", t) for d, t in results["depth"].items()
     ]:
@@ -60,4 +78,11 @@ def run(quick: bool = False) -> dict:
             for name, row in table["variants"].items()
         )
         print(f"  {label}: {cells}", flush=True)
+    return results
+
+
+def run(quick: bool = False) -> dict:
+    results = tables(quick, None)
+    results["memory_optimized"] = tables(quick, MEMORY_OPTIMIZED)
+    results["memory_optimized"]["compiler_options"] = MEMORY_OPTIMIZED
     return results

@@ -39,7 +39,7 @@ def relative_error_fn(distribution: fwdeqx.AbstractTangentDistribution, k: int):
 
 
 def theory(name: str, n: int, k: int) -> float | None:
-    if name == "gaussian":
+    if name in ("gaussian", "gaussian_hash"):
         return (n + 1) / k
     if name == "rademacher":
         return (n - 1) / k

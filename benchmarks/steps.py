@@ -50,6 +50,7 @@ def plans(quick: bool) -> list[Plan]:
             "backprop-sgd",
             "seed-recipe",
             fwd_name("gaussian", 1),
+            fwd_name("gaussian_hash", 1),
             fwd_name("lowrank", 1),
             fwd_name("lowrank", 4),
         )

@@ -10,6 +10,7 @@ Estimator specs are `name` or `name-kK` (K tangents, e.g. `fwd-gaussian-k4`):
 |---|---|
 | `backprop` | `fwdeqx.Backprop()` |
 | `fwd-gaussian` | `fwdeqx.ForwardGradient(fwdeqx.Gaussian())` |
+| `fwd-gaussian-hash` | `fwdeqx.ForwardGradient(fwdeqx.Gaussian(generator="hash"))` |
 | `fwd-rademacher` | `fwdeqx.ForwardGradient(fwdeqx.Rademacher())` |
 | `fwd-lowrank` | `fwdeqx.ForwardGradient(fwdeqx.LowRank(rank=1))` |
 | `fwd-lowrank4` | `fwdeqx.ForwardGradient(fwdeqx.LowRank(rank=4))` |
@@ -54,6 +55,7 @@ def _forward(
 ESTIMATORS: dict[str, EstimatorFactory] = {
     "backprop": _no_tangents(fwdeqx.Backprop),
     "fwd-gaussian": _forward(fwdeqx.Gaussian),
+    "fwd-gaussian-hash": _forward(lambda: fwdeqx.Gaussian(generator="hash")),
     "fwd-rademacher": _forward(fwdeqx.Rademacher),
     "fwd-lowrank": _forward(lambda: fwdeqx.LowRank(rank=1)),
     "fwd-lowrank4": _forward(lambda: fwdeqx.LowRank(rank=4)),
@@ -116,6 +118,11 @@ def _register_beyond() -> None:
         )
 
     ESTIMATORS["fwd-projection"] = combined(Projection())
+    # Rank-1 tangents: the Gram matrix comes from the factors, the jvp costs a
+    # fraction of a dense one, so K = 16..64 tangents are affordable.
+    ESTIMATORS["fwd-lowrank-projection"] = lambda num_tangents: fwdeqx.ForwardGradient(
+        fwdeqx.LowRank(rank=1), num_tangents=num_tangents, combine=Projection()
+    )
     ESTIMATORS["fwd-projection-rescaled"] = combined(Projection(rescale=True))
     ESTIMATORS["fwd-orthogonal"] = combined(Mean(orthogonalize=True))
     ESTIMATORS["spsa"] = lambda num_directions: SPSA(num_directions=num_directions)

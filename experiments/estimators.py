@@ -7,11 +7,14 @@ Two parts (issue 7):
    the true minibatch gradient of K-tangent estimates: `mean` (K independent
    forward gradients averaged), `orthogonal` (the mean along orthogonalised
    tangents), `projection` (B(BᵀB)⁻¹Bᵀ∇f, biased by K/n), `projection-rescaled`
-   (times n/K) and `spsa` (two-point zeroth order along K directions), vs K.
+   (times n/K), `projection-lowrank` (the projection on K rank-1
+   `fwdeqx.LowRank` tangents) and `spsa` (two-point zeroth order along K
+   directions), vs K.
 2. **Time to loss** (`--part training`): MNIST MLP training runs (the loop of
    `experiments.mnist_compare`) for forward gradient + Adam, + `fwd_adam`,
-   + projection with K in {4, 16}, + SPSA, against backprop + Adam and
-   backprop + SGD; T/T_b where T_b is the time at which backprop + Adam reaches
+   + projection with K in {4, 16}, + projection on K = 16 and 64 rank-1 tangents,
+   + the mean of K = 16 rank-1 forward gradients, + SPSA, against backprop + Adam
+   and backprop + SGD; T/T_b where T_b is the time at which backprop + Adam reaches
    its best validation loss, and the validation loss every method reaches at
    backprop + Adam's final wall time.
 
@@ -38,7 +41,14 @@ import numpy as np
 from ._report import append_jsonl, environment, output_dir, read_runs, write_json
 
 
-QUALITY_METHODS = ("mean", "orthogonal", "projection", "projection-rescaled", "spsa")
+QUALITY_METHODS = (
+    "mean",
+    "orthogonal",
+    "projection",
+    "projection-rescaled",
+    "projection-lowrank",
+    "spsa",
+)
 MNIST_5K_VALIDATION = 1000
 DESIGN_OPTIMIZERS = ("adam", "fwd-adam", "fwd-adam-global")
 
@@ -83,6 +93,9 @@ FULL = Preset(
         ("fwd-projection-k4", "adam", 1e-3),
         ("spsa", "adam", 1e-3),
         ("fwd-projection-k16", "adam", 1e-3),
+        ("fwd-lowrank-projection-k16", "adam", 1e-3),
+        ("fwd-lowrank-projection-k64", "adam", 1e-3),
+        ("fwd-lowrank-k16", "adam", 1e-3),
     ),
     iterations=1500,
     eval_every=100,
@@ -174,6 +187,10 @@ def _estimators(method: str, num: int):
     }
     if method == "spsa":
         return SPSA(num_directions=num)
+    if method == "projection-lowrank":
+        return fwdeqx.ForwardGradient(
+            fwdeqx.LowRank(rank=1), num_tangents=num, combine=Projection()
+        )
     return fwdeqx.ForwardGradient(num_tangents=num, combine=combine[method])
 
 
@@ -435,17 +452,42 @@ def _loss_at_time(run: dict[str, Any], when: float) -> float | None:
     return min(losses) if losses else None
 
 
+def _runs_of(runs: list[dict[str, Any]], estimator: str, optimizer: str) -> dict:
+    """The runs of one estimator and optimizer, by seed."""
+    return {
+        run["config"]["seed"]: run
+        for run in runs
+        if run["config"]["estimator"] == estimator
+        and run["config"]["optimizer"] == optimizer
+    }
+
+
+def _gap_closed(
+    run: dict[str, Any], backprop: dict[str, Any], forward: dict[str, Any]
+) -> tuple[float | None, float | None]:
+    """`run`'s best validation loss by forward + Adam's final time T_f, and the
+    fraction of the forward-to-backprop gap it closes at T_f."""
+    t_f = forward["time"][-1]
+    loss = _loss_at_time(run, t_f)
+    forward_loss = _loss_at_time(forward, t_f)
+    backprop_loss = _loss_at_time(backprop, t_f)
+    if None in (loss, forward_loss, backprop_loss) or forward_loss == backprop_loss:
+        return loss, None
+    return loss, (forward_loss - loss) / (forward_loss - backprop_loss)  # pyright: ignore
+
+
 def summarise_training(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per method: T/T_b against backprop + Adam of the same seed (T_b: the time
     at which it reaches its best validation loss; T: the first time the method
     reaches that loss), and the best validation loss reached by backprop + Adam's
-    wall time T_b and by its final wall time."""
-    reference = {
-        run["config"]["seed"]: run
-        for run in runs
-        if run["config"]["estimator"] == "backprop"
-        and run["config"]["optimizer"] == "adam"
-    }
+    wall time T_b and by its final wall time.
+
+    Also the gap closed at equal wall time T_f, the training time of forward
+    gradient + Adam's whole run (same seed): with L(t) the best validation loss a
+    run has reached by time t, (L_fwd+adam(T_f) − L_method(T_f)) /
+    (L_fwd+adam(T_f) − L_backprop+adam(T_f)); 0.5 halves the gap, 1 closes it."""
+    reference = _runs_of(runs, "backprop", "adam")
+    forward_reference = _runs_of(runs, "fwd-gaussian", "adam")
     methods: dict[str, dict[str, Any]] = {}
     for run in runs:
         seed = run["config"]["seed"]
@@ -469,6 +511,8 @@ def summarise_training(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "seeds": 0,
                 "loss_at_T_b": [],
                 "loss_at_backprop_end": [],
+                "loss_at_T_f": [],
+                "gap_closed_at_T_f": [],
                 "final_val_loss": [],
                 "final_val_accuracy": [],
                 "seconds_per_iteration": [],
@@ -483,6 +527,10 @@ def summarise_training(runs: list[dict[str, Any]]) -> dict[str, Any]:
             entry["ratios"].append(t / t_b)
         entry["loss_at_T_b"].append(_loss_at_time(run, t_b))
         entry["loss_at_backprop_end"].append(_loss_at_time(run, ref["time"][-1]))
+        if seed in forward_reference:
+            loss, closed = _gap_closed(run, ref, forward_reference[seed])
+            entry["loss_at_T_f"].append(loss)
+            entry["gap_closed_at_T_f"].append(closed)
         entry["final_val_loss"].append(run["final_val_loss"])
         entry["final_val_accuracy"].append(run["final_val_accuracy"])
         if run["iteration"]:
@@ -494,6 +542,8 @@ def summarise_training(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "ratios",
             "loss_at_T_b",
             "loss_at_backprop_end",
+            "loss_at_T_f",
+            "gap_closed_at_T_f",
             "final_val_loss",
             "final_val_accuracy",
             "seconds_per_iteration",
@@ -617,7 +667,8 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"{label:45s} T/T_b {entry['ratios_mean']} "
                 f"(reached {entry['reached']}/{entry['seeds']}), loss at backprop "
-                f"end {entry['loss_at_backprop_end_mean']}"
+                f"end {entry['loss_at_backprop_end_mean']}, gap closed at T_f "
+                f"{entry['gap_closed_at_T_f_mean']}"
             )
 
 

@@ -20,7 +20,13 @@ def test_quick_benchmark_writes_report(tmp_path):
 
     paper = suites["steps"]["result"]["paper-mlp"]["timings"]
     assert paper["backprop-sgd"]["ratio_to_backprop"] == pytest.approx(1.0)
-    for name in ("seed-recipe", "fwd-gaussian-k1", "fwd-lowrank-k4", "forward"):
+    for name in (
+        "seed-recipe",
+        "fwd-gaussian-k1",
+        "fwd-gaussian_hash-k1",
+        "fwd-lowrank-k4",
+        "forward",
+    ):
         assert paper[name]["median_ms"] > 0
     assert "ratio_to_k1" in paper["fwd-lowrank-k4"]
     assert "cnn" in suites["steps"]["result"]
@@ -28,6 +34,8 @@ def test_quick_benchmark_writes_report(tmp_path):
     memory = suites["memory"]["result"]
     assert memory["paper-mlp"]["variants"]["backprop-sgd"]["temp_bytes"] >= 0
     assert set(memory["depth"]) >= {"2"}
+    optimized = memory["memory_optimized"]["paper-mlp"]["variants"]
+    assert optimized["fwd-lowrank-k1"]["temp_bytes"] >= 0
 
     quality = suites["quality"]["result"]["estimators"]
     assert quality["gaussian-k1"]["relative_mse"] > 0
@@ -35,6 +43,7 @@ def test_quick_benchmark_writes_report(tmp_path):
     markdown = (tmp_path / "bench.md").read_text()
     assert "| fwd-lowrank-k1 |" in markdown
     assert "## memory" in markdown
+    assert "memory-optimised CPU scheduler" in markdown
 
 
 def test_missing_optional_suite_is_skipped(monkeypatch):

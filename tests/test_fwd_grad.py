@@ -60,7 +60,9 @@ def _models_and_losses(key):
 
 @pytest.mark.parametrize("index", range(4))
 @pytest.mark.parametrize(
-    "tangents", [fwdeqx.Gaussian(), fwdeqx.Rademacher()], ids=["gauss", "rade"]
+    "tangents",
+    [fwdeqx.Gaussian(), fwdeqx.Gaussian(generator="hash"), fwdeqx.Rademacher()],
+    ids=["gauss", "gauss-hash", "rade"],
 )
 def test_forward_gradient_is_directional_derivative_times_tangent(index, tangents):
     """g = ⟨∇f, v⟩ v exactly (float64), with v = tangents(key, like) for K = 1."""
@@ -115,7 +117,9 @@ def _sample_grads(loss, x, key, num_samples, **kwargs):
 
 
 @pytest.mark.parametrize(
-    "tangents", [fwdeqx.Gaussian(), fwdeqx.Rademacher()], ids=["gauss", "rade"]
+    "tangents",
+    [fwdeqx.Gaussian(), fwdeqx.Gaussian(generator="hash"), fwdeqx.Rademacher()],
+    ids=["gauss", "gauss-hash", "rade"],
 )
 def test_mean_of_forward_gradients_is_unbiased(tangents, getkey):
     """The mean of N = 40,000 forward gradients is within 6 standard errors of ∇f in
