@@ -15,7 +15,8 @@ def _steps_tables(result: dict[str, Any]) -> list[str]:
             f"### {setup_name}: {setup['description']}",
             "",
             f"{setup['num_params']:,} parameters; median and IQR over "
-            f"{setup['rounds']} round-robin rounds after {setup['warmup_rounds']} "
+            f"{setup['rounds']} round-robin rounds of {setup.get('block', 1)} "
+            f"consecutive steps per variant, after {setup['warmup_rounds']} "
             "warm-up rounds.",
             "",
             "| variant | ms/step (median) | IQR ms | / backprop SGD | / K=1 step |",

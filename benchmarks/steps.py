@@ -41,6 +41,8 @@ class Plan:
     diagnostics: tuple[str, ...]  # distributions whose pieces are timed alone
     steps: int
     warmup: int
+    sample_many: bool = False  # also time drawing 16 Gaussian tangents alone
+    block: int = 1  # consecutive calls of one variant per round
 
 
 def plans(quick: bool) -> list[Plan]:
@@ -56,14 +58,29 @@ def plans(quick: bool) -> list[Plan]:
         )
         small_variants = ("backprop-sgd", fwd_name("lowrank", 1))
         return [
-            Plan(mlp_setup("paper-mlp", 16, 2, 4), paper_variants, ("gaussian",), 2, 1),
+            Plan(
+                mlp_setup("paper-mlp", 16, 2, 4),
+                paper_variants,
+                ("gaussian",),
+                2,
+                1,
+                sample_many=True,
+            ),
             Plan(cnn_setup("cnn", 2, 4, 2), small_variants, (), 2, 1),
         ]
+    # Steps of ~2 ms and of ~400 ms timed in one round-robin disturb each other (the
+    # big ones evict caches and return their buffers to the OS), so the paper MLP's
+    # single-tangent steps and its K-tangent steps are two groups, each with its own
+    # backprop baseline, and each variant runs 10 consecutive steps per round.
     paper_variants = (
         "forward",
         "backprop-sgd",
         "backprop-adam",
         "seed-recipe",
+        *(fwd_name(d, 1) for d in DISTRIBUTIONS),
+    )
+    multi_variants = (
+        "backprop-sgd",
         *(fwd_name(d, k) for d in DISTRIBUTIONS for k in (1, 4, 16)),
     )
     k1_variants = (
@@ -74,8 +91,11 @@ def plans(quick: bool) -> list[Plan]:
         fwd_name("lowrank", 4),
     )
     every = tuple(DISTRIBUTIONS)
+    paper = mlp_setup("paper-mlp", 1024, 2, 64)
+    multi = dataclasses.replace(paper, name="paper-mlp-k-tangents")
     return [
-        Plan(mlp_setup("paper-mlp", 1024, 2, 64), paper_variants, every, 150, 3),
+        Plan(paper, paper_variants, every, 150, 3, block=10),
+        Plan(multi, multi_variants, (), 60, 2, sample_many=True, block=10),
         Plan(cnn_setup("cnn", 64, 28, 64), k1_variants, (), 8, 1),
         Plan(mlp_setup("deep-mlp", 2048, 8, 512), k1_variants, (), 6, 1),
     ]
@@ -109,9 +129,11 @@ def runners_for(plan: Plan, key: jax.Array) -> dict[str, Any]:
                 runners[f"diag: jvp given {name} tangent"] = CallRunner(
                     jvp_only, model, batch, tangent
                 )
-        if len(plan.diagnostics) == len(DISTRIBUTIONS):
-            sampler16 = sample_only(DISTRIBUTIONS["gaussian"], 16)
-            runners["diag: sample gaussian x16"] = CallRunner(sampler16, step_key, like)
+    if plan.sample_many:
+        like = eqx.filter(model, eqx.is_inexact_array)
+        for name in ("gaussian", "gaussian_hash"):
+            sampler16 = sample_only(DISTRIBUTIONS[name], 16)
+            runners[f"diag: sample {name} x16"] = CallRunner(sampler16, step_key, like)
     return runners
 
 
@@ -134,7 +156,9 @@ def run(quick: bool = False) -> dict:
             f"{len(runners)} variants x {plan.steps} rounds",
             flush=True,
         )
-        timings = time_round_robin(runners, steps=plan.steps, warmup=plan.warmup)
+        timings = time_round_robin(
+            runners, steps=plan.steps, warmup=plan.warmup, block=plan.block
+        )
         add_ratios(timings)
         for name, timing in timings.items():
             print(
@@ -145,7 +169,8 @@ def run(quick: bool = False) -> dict:
         results[plan.setup.name] = {
             "description": plan.setup.description,
             "num_params": num_params(plan.setup.model_shape()),
-            "rounds": plan.steps,
+            "rounds": plan.steps // plan.block,
+            "block": plan.block,
             "warmup_rounds": plan.warmup,
             "baseline": BASELINE,
             "timings": timings,

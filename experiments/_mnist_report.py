@@ -413,4 +413,13 @@ def report_markdown(
     lines += [f"- {sentence}" for sentence in claims(rows, divergent_lrs)]
     lines += ["", "## Learning rates", "", lr_rationale, "", "## Figures", ""]
     lines += [f"![{name}]({name})" for name in figures]
+    lines += [
+        "",
+        "## Beyond the papers",
+        "",
+        "Multi-tangent estimates (dense and rank-1 tangents, mean and projection), "
+        "SPSA and `fwd_adam` against backprop + Adam on the same MLP: "
+        "`python -m experiments.estimators`, which writes "
+        "`results/estimators/report.md` (see also docs/beyond.md).",
+    ]
     return "\n".join(lines) + "\n"

@@ -24,11 +24,13 @@ Two parts (issue 7):
 
 Outputs in `--out` (default `results/estimators/`, `results/estimators-quick/` with
 `--quick`): `quality.json`, `quality.png`, `runs.jsonl` (one line per finished run;
-rerunning resumes), `training.json`, `training.png`.
+rerunning resumes), `training.json`, `training.png`, and `report.md` with the tables
+and figures of whichever parts have results.
 """
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
 import time
@@ -78,6 +80,8 @@ class Preset:
 # 5e-2; every forward method at 1e-3, the best of {1e-4, 3e-4, 1e-3} for forward
 # gradient with Adam, fwd_adam (leaf) and fwd_adam (global) in the design runs (seed
 # 0, lowest final validation loss; `best_design_lrs` reads them; `None` as lr uses it).
+# The projection on 16 rank-1 tangents also runs at 3e-3: its estimate is less noisy
+# than a single forward gradient's, so it may take a larger step.
 FULL = Preset(
     width=1024,
     quality_ks=(1, 4, 16, 64),
@@ -96,6 +100,7 @@ FULL = Preset(
         ("fwd-lowrank-projection-k16", "adam", 1e-3),
         ("fwd-lowrank-projection-k64", "adam", 1e-3),
         ("fwd-lowrank-k16", "adam", 1e-3),
+        ("fwd-lowrank-projection-k16", "adam", 3e-3),
     ),
     iterations=1500,
     eval_every=100,
@@ -559,7 +564,8 @@ def plot_training(runs: list[dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     labels = sorted({_label(run["config"]) for run in runs})
-    colors = {label: f"C{i}" for i, label in enumerate(labels)}
+    palette = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20").colors  # pyright: ignore
+    colors = {label: palette[i % len(palette)] for i, label in enumerate(labels)}
     for label in labels:
         group = [run for run in runs if _label(run["config"]) == label]
         for index, run in enumerate(group):
@@ -583,6 +589,97 @@ def plot_training(runs: list[dict[str, Any]], path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ main
+
+
+def _mean_std(values: list[Any], digits: int) -> str:
+    present = [v for v in values if v is not None]
+    if not present:
+        return "–"
+    if len(present) < len(values):
+        return f"{np.mean(present):.{digits}f} ({len(present)} of {len(values)} seeds)"
+    if len(present) == 1:
+        return f"{present[0]:.{digits}f}"
+    return f"{np.mean(present):.{digits}f} ± {np.std(present):.{digits}f}"
+
+
+def training_table(summary: dict[str, Any]) -> list[str]:
+    """The time-to-loss table of `summarise_training`, as markdown lines."""
+    lines = [
+        "| method | seeds | reached T_b's loss | T/T_b | ms / step | val loss at T_b "
+        "| val loss at T_f | gap closed at T_f | after the last step |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, entry in summary.items():
+        ms = [1000 * s for s in entry["seconds_per_iteration"]]
+        cells = [
+            label,
+            str(entry["seeds"]),
+            str(entry["reached"]),
+            _mean_std(entry["ratios"], 2),
+            _mean_std(ms, 1),
+            _mean_std(entry["loss_at_T_b"], 3),
+            _mean_std(entry["loss_at_T_f"], 3),
+            _mean_std(entry["gap_closed_at_T_f"], 2),
+            _mean_std(entry["final_val_loss"], 3),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def quality_table(quality: dict[str, Any], checkpoint: int) -> list[str]:
+    """Mean cosine to the true gradient per method and K, as markdown lines."""
+    rows = [r for r in quality["results"] if r["checkpoint"] == checkpoint]
+    methods = [m for m in QUALITY_METHODS if any(r["method"] == m for r in rows)]
+    lines = [
+        "| K | " + " | ".join(methods) + " | √(K/n) |",
+        "|---:|" + "---:|" * (len(methods) + 1),
+    ]
+    for k in sorted({r["K"] for r in rows}):
+        cosines = {r["method"]: r["cosine_mean"] for r in rows if r["K"] == k}
+        cells = [f"{cosines[m]:.5f}" if m in cosines else "–" for m in methods]
+        bound = quality["sqrt_K_over_n"][str(k)]
+        lines.append(f"| {k} | " + " | ".join(cells) + f" | {bound:.5f} |")
+    return lines
+
+
+def write_report(out: Path) -> None:
+    """`report.md` from whatever of `training.json` and `quality.json` exists."""
+    lines = ["# Beyond the papers: measurements", ""]
+    training_path, quality_path = out / "training.json", out / "quality.json"
+    if training_path.exists():
+        training = json.loads(training_path.read_text())
+        lines += [
+            "## Time to loss",
+            "",
+            f"Dataset {training['dataset']}, {training['iterations']} steps, "
+            f"{training['seeds']} seeds; mean ± std over seeds. T_b: time at which "
+            "backprop + Adam reaches its best validation loss (same seed); T: first "
+            "time a method reaches that loss. T_f: the wall time of forward "
+            "gradient + Adam's whole run; gap closed at T_f = (L_fwd+adam − L) / "
+            "(L_fwd+adam − L_backprop+adam) with L the best validation loss reached "
+            f"by T_f. Command: `{training['command']}`.",
+            "",
+            *training_table(training["methods"]),
+            "",
+            "![training](training.png)",
+            "",
+        ]
+    if quality_path.exists():
+        quality = json.loads(quality_path.read_text())
+        checkpoint = min(r["checkpoint"] for r in quality["results"])
+        lines += [
+            "## Gradient quality",
+            "",
+            f"Mean cosine to the true gradient after {checkpoint} SGD steps, "
+            f"n = {quality['num_parameters']:,}, minibatch {quality['batch_size']}, "
+            f"{quality['repeats']} draws per cell.",
+            "",
+            *quality_table(quality, checkpoint),
+            "",
+            "![quality](quality.png)",
+            "",
+        ]
+    (out / "report.md").write_text("\n".join(lines))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -670,6 +767,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"end {entry['loss_at_backprop_end_mean']}, gap closed at T_f "
                 f"{entry['gap_closed_at_T_f_mean']}"
             )
+    write_report(out)
+    print(f"wrote {out / 'report.md'}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ def test_quick_quality_and_training(tmp_path):
     assert reference["ratios_mean"] == 1.0
     assert (tmp_path / "quality.png").stat().st_size > 0
     assert (tmp_path / "training.png").stat().st_size > 0
+    report = (tmp_path / "report.md").read_text()
+    assert "| backprop + adam (lr 0.001) | 1 | 1 | 1.00 |" in report
+    assert "![quality](quality.png)" in report
     # Rerunning resumes from runs.jsonl instead of training again.
     lines = (tmp_path / "runs.jsonl").read_text().splitlines()
     estimators.main(["--quick", "--out", str(tmp_path), "--part", "training"])
