@@ -38,10 +38,12 @@ def relative_error_fn(distribution: fwdeqx.AbstractTangentDistribution, k: int):
     return relative_error
 
 
-def theory(name: str, n: int, k: int) -> float | None:
-    if name in ("gaussian", "gaussian_hash"):
+def theory(
+    distribution: fwdeqx.AbstractTangentDistribution, n: int, k: int
+) -> float | None:
+    if isinstance(distribution, fwdeqx.Gaussian):
         return (n + 1) / k
-    if name == "rademacher":
+    if isinstance(distribution, fwdeqx.Rademacher):
         return (n - 1) / k
     return None
 
@@ -70,7 +72,7 @@ def run(quick: bool = False) -> dict:
                 "relative_mse": float(errors.mean()),
                 "stderr": float(errors.std(ddof=1) / np.sqrt(samples)),
                 "relative_mse_over_n": float(errors.mean() / n),
-                "theory": theory(name, n, k),
+                "theory": theory(distribution, n, k),
                 "mean_cosine": float(cosines.mean()),
                 "samples": samples,
             }

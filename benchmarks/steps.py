@@ -113,8 +113,8 @@ def runners_for(plan: Plan, key: jax.Array) -> dict[str, Any]:
             runners[name] = StepRunner(
                 train_step(name), model, batch, key_cycle(step_key)
             )
+    like = eqx.filter(model, eqx.is_inexact_array)
     if plan.diagnostics:
-        like = eqx.filter(model, eqx.is_inexact_array)
         grads = zeros_like_params(model)
         runners["diag: sgd update only"] = CallRunner(sgd_update_only, model, grads)
         if plan.steps > 10:  # not in the smoke run
@@ -130,7 +130,6 @@ def runners_for(plan: Plan, key: jax.Array) -> dict[str, Any]:
                     jvp_only, model, batch, tangent
                 )
     if plan.sample_many:
-        like = eqx.filter(model, eqx.is_inexact_array)
         for name in ("gaussian", "gaussian_hash"):
             sampler16 = sample_only(DISTRIBUTIONS[name], 16)
             runners[f"diag: sample {name} x16"] = CallRunner(sampler16, step_key, like)

@@ -179,24 +179,27 @@ def load_mnist_5k() -> tuple[Any, Any, Any]:
 # -------------------------------------------------------------------- part 1: quality
 
 
+# Quality methods that are registry estimators (`experiments._registry`), with K.
+_REGISTRY_SPECS = {
+    "orthogonal": "fwd-orthogonal",
+    "projection": "fwd-projection",
+    "projection-rescaled": "fwd-projection-rescaled",
+    "projection-lowrank": "fwd-lowrank-projection",
+    "spsa": "spsa",
+}
+
+
 def _estimators(method: str, num: int):
     import fwdeqx
-    from fwdeqx._combine import Mean, Projection
-    from fwdeqx._spsa import SPSA
+    from fwdeqx._combine import Mean
 
-    combine = {
-        "mean": Mean(),
-        "orthogonal": Mean(orthogonalize=True),
-        "projection": Projection(),
-        "projection-rescaled": Projection(rescale=True),
-    }
-    if method == "spsa":
-        return SPSA(num_directions=num)
-    if method == "projection-lowrank":
-        return fwdeqx.ForwardGradient(
-            fwdeqx.LowRank(rank=1), num_tangents=num, combine=Projection()
-        )
-    return fwdeqx.ForwardGradient(num_tangents=num, combine=combine[method])
+    from ._registry import make_estimator
+
+    if method == "mean":
+        # Through the combiner path, as every other method: tangent k from
+        # split(key, K), so all methods see the same directions for the same key.
+        return fwdeqx.ForwardGradient(num_tangents=num, combine=Mean())
+    return make_estimator(f"{_REGISTRY_SPECS[method]}-k{num}")
 
 
 def gradient_quality(preset: Preset, dataset: Any, seed: int = 0) -> dict[str, Any]:
@@ -591,15 +594,17 @@ def plot_training(runs: list[dict[str, Any]], path: Path) -> None:
 # ------------------------------------------------------------------------------ main
 
 
-def _mean_std(values: list[Any], digits: int) -> str:
-    present = [v for v in values if v is not None]
-    if not present:
+def _cell(entry: dict[str, Any], key: str, digits: int, scale: float = 1) -> str:
+    """`key`'s mean ± std over seeds from `summarise_training`'s entry."""
+    mean, std = entry[f"{key}_mean"], entry[f"{key}_std"]
+    if mean is None:
         return "–"
-    if len(present) < len(values):
-        return f"{np.mean(present):.{digits}f} ({len(present)} of {len(values)} seeds)"
-    if len(present) == 1:
-        return f"{present[0]:.{digits}f}"
-    return f"{np.mean(present):.{digits}f} ± {np.std(present):.{digits}f}"
+    present = sum(v is not None for v in entry[key])
+    if present < len(entry[key]):
+        return f"{scale * mean:.{digits}f} ({present} of {len(entry[key])} seeds)"
+    if present == 1:
+        return f"{scale * mean:.{digits}f}"
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
 
 
 def training_table(summary: dict[str, Any]) -> list[str]:
@@ -610,17 +615,16 @@ def training_table(summary: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, entry in summary.items():
-        ms = [1000 * s for s in entry["seconds_per_iteration"]]
         cells = [
             label,
             str(entry["seeds"]),
             str(entry["reached"]),
-            _mean_std(entry["ratios"], 2),
-            _mean_std(ms, 1),
-            _mean_std(entry["loss_at_T_b"], 3),
-            _mean_std(entry["loss_at_T_f"], 3),
-            _mean_std(entry["gap_closed_at_T_f"], 2),
-            _mean_std(entry["final_val_loss"], 3),
+            _cell(entry, "ratios", 2),
+            _cell(entry, "seconds_per_iteration", 1, scale=1000),
+            _cell(entry, "loss_at_T_b", 3),
+            _cell(entry, "loss_at_T_f", 3),
+            _cell(entry, "gap_closed_at_T_f", 2),
+            _cell(entry, "final_val_loss", 3),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
