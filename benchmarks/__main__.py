@@ -17,9 +17,9 @@ from ._report import render_markdown
 from ._timing import environment
 
 
-SUITES = ("steps", "memory", "quality", "pipeline", "loop", "distributed")
+SUITES = ("steps", "memory", "quality", "pipeline", "loop", "distributed", "local")
 # Suites owned by other benchmarks: skipped with a note when not (yet) present.
-OPTIONAL = ("pipeline", "loop", "distributed")
+OPTIONAL = ("pipeline", "loop", "distributed", "local")
 
 
 def run_suite(name: str, quick: bool) -> dict[str, Any]:

@@ -96,10 +96,33 @@ def _quality_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _local_tables(result: dict[str, Any]) -> list[str]:
+    """fwdeqx.local step costs: one table per network, ratios to backprop."""
+    lines = []
+    for name, setup in result.items():
+        lines += [
+            f"### local: {name}, {setup['description']}",
+            "",
+            f"{setup['num_params']:,} parameters; median over {setup['rounds']} "
+            f"round-robin rounds of {setup['block']} steps per variant.",
+            "",
+            "| method | ms/step (median) | IQR ms | / backprop |",
+            "|---|---:|---:|---:|",
+        ]
+        for method, t in setup["timings"].items():
+            lines.append(
+                f"| {method} | {t['median_ms']:.3f} | {t['iqr_ms']:.3f} | "
+                f"{t['ratio_to_backprop']:.2f} |"
+            )
+        lines.append("")
+    return lines
+
+
 RENDERERS = {
     "steps": _steps_tables,
     "memory": _memory_tables,
     "quality": _quality_table,
+    "local": _local_tables,
 }
 
 

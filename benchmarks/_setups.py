@@ -194,10 +194,8 @@ def key_cycle(key: jax.Array, n: int = 64) -> Iterator:
 def sample_only(distribution: fwdeqx.AbstractTangentDistribution, num_tangents: int):
     @eqx.filter_jit
     def sample(key, like):
-        if num_tangents == 1:
-            return distribution(key, like)
-        keys = jax.random.split(key, num_tangents)
-        return jax.vmap(distribution, in_axes=(0, None))(keys, like)
+        estimator = fwdeqx.ForwardGradient(distribution, num_tangents)
+        return estimator.sample(estimator.direction_keys(key), like)
 
     return sample
 
@@ -220,15 +218,16 @@ def forward_only(model, batch):
 
 
 @eqx.filter_jit
-def jvp_only(model, batch, tangent):
-    """The jvp with a tangent given (no sampling, no update)."""
-    from fwdeqx._directional import value_and_directional_derivative
+def jvp_only(model, batch, directions):
+    """The jvp along directions given, stacked as `sample_only` returns them (no
+    sampling, no update)."""
+    from fwdeqx._directional import value_and_derivatives
 
     def fn(m):
         return loss(m, batch), None
 
-    (value, _), derivative = value_and_directional_derivative(fn, model, tangent)
-    return value, derivative
+    (value, _), derivatives = value_and_derivatives(fn, model, directions)
+    return value, derivatives
 
 
 @eqx.filter_jit

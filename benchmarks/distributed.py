@@ -62,6 +62,7 @@ def _worker(num_devices: int, quick: bool) -> dict[str, Any]:
     import fwdeqx.distributed as distributed
     from fwdeqx.models import MLP, cross_entropy
 
+    from ._hlo import collective_bytes
     from ._timing import time_round_robin
 
     if jax.device_count() != num_devices:
@@ -78,13 +79,12 @@ def _worker(num_devices: int, quick: bool) -> dict[str, Any]:
 
     def make(variant):
         if variant["mode"] == "backprop":
-            return distributed.make_backprop_step(loss, optimizer, mesh=mesh)
+            estimator, parallelism = fwdeqx.Backprop(), "data"
+        else:
+            estimator = fwdeqx.ForwardGradient(num_tangents=variant["num_tangents"])
+            parallelism = variant["mode"]
         return distributed.make_step(
-            loss,
-            optimizer,
-            mesh=mesh,
-            mode=variant["mode"],
-            num_tangents=variant["num_tangents"],
+            loss, optimizer, estimator, mesh=mesh, parallelism=parallelism
         )
 
     def problem(width, depth, batch_size):
@@ -108,7 +108,7 @@ def _worker(num_devices: int, quick: bool) -> dict[str, Any]:
             for variant_name, variant in _variants(num_tangents).items():
                 step = make(variant)
                 text = step.lower(model, step.init(model), batch, key).compile()
-                rows[variant_name] = distributed.collective_bytes(text.as_text())
+                rows[variant_name] = collective_bytes(text.as_text())
             communication[name] = {
                 "width": width,
                 "depth": depth,

@@ -53,6 +53,7 @@ def plot_losses(
     x_key: str,
     title: str,
     lrs: dict[str, list[float]] | None = None,
+    x_label: str | None = None,
 ) -> None:
     """Save a grid: columns = optimizers, rows = training / validation loss.
 
@@ -63,6 +64,7 @@ def plot_losses(
     - `x_key`: `"iteration"` or `"time"`.
     - `title`: figure title (name the dataset actually used).
     - `lrs`: optional `{optimizer: [lr, ...]}` restricting which lrs are drawn.
+    - `x_label`: the x axis label (default: from `x_key`).
     """
     groups = _group(runs)
     optimizers = sorted(
@@ -110,7 +112,8 @@ def plot_losses(
                 ax.set_title(optimizer.upper() if len(optimizer) <= 4 else optimizer)
             if row == 1:
                 ax.set_xlabel(
-                    "iteration" if x_key == "iteration" else "training time (s)"
+                    x_label
+                    or ("iteration" if x_key == "iteration" else "training time (s)")
                 )
         if axes[0][column].get_legend_handles_labels()[0]:
             axes[0][column].legend(fontsize=7)

@@ -17,12 +17,19 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 import fwdeqx
 from fwdeqx import models
 
 from . import _registry
+from ._runs import (
+    data_identity as data_identity,
+    finite_or_none,
+    make_chunk_fn,
+    make_evaluate,
+    stacked_chunks,
+)
 
 
 MODELS: dict[str, Callable[..., eqx.Module]] = {
@@ -33,7 +40,6 @@ MODELS: dict[str, Callable[..., eqx.Module]] = {
 # A run has diverged when a training loss is non-finite or exceeds this multiple of
 # the first one (ln 10 ≈ 2.3 at initialisation, so the bound is about 23).
 DIVERGENCE_FACTOR = 10.0
-_EVAL_BATCH = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,11 +55,15 @@ class RunConfig:
     iterations: int
     eval_every: int
     batch_size: int = 64
+    data: str = ""
+    """The data's identity, `data_identity(dataset)`: sizes and content fingerprint.
+    Part of `run_id` when set, so a resume never counts runs made on other data."""
 
     @property
     def run_id(self) -> str:
+        data = f"-{self.data}" if self.data else ""
         return (
-            f"{self.dataset}-{self.model}-{self.optimizer}-lr{self.lr:g}-"
+            f"{self.dataset}{data}-{self.model}-{self.optimizer}-lr{self.lr:g}-"
             f"{self.estimator}-n{self.iterations}-e{self.eval_every}-"
             f"b{self.batch_size}-seed{self.seed}"
         )
@@ -71,90 +81,10 @@ def _loss(model: eqx.Module, batch: tuple[Array, Array]) -> Float[Array, ""]:
     return models.cross_entropy(model, *batch)
 
 
-def make_chunk_fn(
-    step: fwdeqx.TrainStep, static: PyTree
-) -> Callable[..., tuple[PyTree, Any, Float[Array, " n"]]]:
-    """`chunk(params, opt_state, xs, ys, key, start) -> (params, opt_state, losses)`:
-    `len(xs)` steps in one `lax.scan`. Step `i` uses `fold_in(key, i)`, so the
-    numbers do not depend on how the run is cut into chunks."""
-
-    def chunk(params, opt_state, xs, ys, key: PRNGKeyArray, start: Int[Array, ""]):
-        def body(carry, inputs):
-            params, opt_state = carry
-            x, y, index = inputs
-            model = eqx.combine(params, static)
-            model, opt_state, loss = step(
-                model, opt_state, (x, y), jax.random.fold_in(key, index)
-            )
-            return (eqx.filter(model, eqx.is_array), opt_state), loss
-
-        indices = start + jnp.arange(xs.shape[0], dtype=start.dtype)
-        (params, opt_state), losses = jax.lax.scan(
-            body, (params, opt_state), (xs, ys, indices)
-        )
-        return params, opt_state, losses
-
-    return jax.jit(chunk, donate_argnums=(0, 1))
-
-
-def make_evaluate(
-    static: PyTree, images: Float[np.ndarray, "n ..."], labels: Int[np.ndarray, " n"]
-) -> Callable[[PyTree], tuple[float, float]]:
-    """`evaluate(params) -> (mean loss, accuracy)` on the whole split, in padded
-    batches of `_EVAL_BATCH` under one `lax.map` (one compile, bounded memory)."""
-    count = len(labels)
-    num_batches = math.ceil(count / _EVAL_BATCH)
-    pad = num_batches * _EVAL_BATCH - count
-    xs = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-    ys = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
-    weights = np.concatenate([np.ones(count, np.float32), np.zeros(pad, np.float32)])
-    batched = tuple(
-        jnp.asarray(a.reshape(num_batches, _EVAL_BATCH, *a.shape[1:]))
-        for a in (xs, ys, weights)
-    )
-
-    @jax.jit
-    def sums(params):
-        model = eqx.combine(params, static)
-
-        def one(batch):
-            x, y, w = batch
-            logits = jax.vmap(model)(x)
-            losses = -jnp.take_along_axis(
-                jax.nn.log_softmax(logits), y[:, None], axis=-1
-            )[:, 0]
-            correct = (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
-            return jnp.sum(losses * w), jnp.sum(correct * w)
-
-        loss_sums, correct_sums = jax.lax.map(one, batched)
-        return jnp.sum(loss_sums), jnp.sum(correct_sums)
-
-    def evaluate(params) -> tuple[float, float]:
-        loss_sum, correct = jax.device_get(sums(params))
-        return float(loss_sum) / count, float(correct) / count
-
-    return evaluate
-
-
-def _chunks(
-    batches: Iterator, sizes: list[int]
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    for size in sizes:
-        pairs = [next(batches) for _ in range(size)]
-        yield (
-            np.stack([np.asarray(x) for x, _ in pairs]),
-            np.stack([np.asarray(y) for _, y in pairs]),
-        )
-
-
 def first_divergent_step(losses: np.ndarray, threshold: float) -> int | None:
     """Index of the first loss that is non-finite or above `threshold`, if any."""
     bad = ~np.isfinite(losses) | (losses > threshold)
     return int(np.argmax(bad)) if bad.any() else None
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def train_run(*args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -162,6 +92,62 @@ def train_run(*args: Any, **kwargs: Any) -> dict[str, Any]:
     its int32 step count with float constants, which strict promotion rejects)."""
     with jax.numpy_dtype_promotion("standard"):
         return _train_run(*args, **kwargs)
+
+
+@dataclasses.dataclass
+class _Prepared:
+    params: PyTree
+    opt_state: Any
+    train_key: PRNGKeyArray
+    chunk_fn: Any
+    compiled: dict[int, Any]
+    evaluate: Callable[[PyTree], tuple[float, float]]
+    layout: str
+
+
+def _prepare(config: RunConfig, dataset: Any, to_float, cache: dict) -> _Prepared:
+    """Initial model and optimizer state of `config`, and its jitted chunk and
+    evaluation (shared through `cache` by the seeds of one configuration).
+
+    One key per seed, split once: the model's initialisation and the tangents come
+    from `key(seed)`, the batch order from `seed` (fwdeqx.data.batches), so two
+    seeds share nothing random."""
+    layout = config.layout()
+    model_key, train_key = jax.random.split(jax.random.key(config.seed))
+    model = MODELS[config.model](key=model_key)
+    step = fwdeqx.make_step(
+        _loss,
+        _registry.make_optimizer(config.optimizer, config.lr),
+        _registry.make_estimator(config.estimator),
+    )
+    opt_state = step.init(model)
+    params, static = eqx.partition(model, eqx.is_array)
+    cache_key = dataclasses.replace(config, seed=0)
+    if cache_key not in cache:
+        # Different seeds differ only in array leaves, so `static` is shared.
+        cache[cache_key] = (
+            make_chunk_fn(step, static),
+            {},
+            make_evaluate(
+                static,
+                to_float(dataset.val_images, layout=layout),
+                np.asarray(dataset.val_labels),
+            ),
+        )
+    chunk_fn, compiled, evaluate = cache[cache_key]
+    return _Prepared(params, opt_state, train_key, chunk_fn, compiled, evaluate, layout)
+
+
+def _compile(prepared: _Prepared, xs, ys) -> tuple[Any, float]:
+    """The chunk compiled for `len(xs)` steps (cached), and the seconds it took."""
+    size = xs.shape[0]
+    if size in prepared.compiled:
+        return prepared.compiled[size], 0.0
+    start = time.perf_counter()
+    prepared.compiled[size] = prepared.chunk_fn.lower(
+        prepared.params, prepared.opt_state, xs, ys, prepared.train_key, jnp.int32(0)
+    ).compile()
+    return prepared.compiled[size], time.perf_counter() - start
 
 
 def _train_run(
@@ -189,33 +175,13 @@ def _train_run(
 
     A JSON-ready dict: the curves (one point per `eval_every` steps: mean training
     loss over the window, validation loss and accuracy, cumulative training wall
-    time), compile time, final validation loss and accuracy, and the divergence
-    flag with the iteration where the run stopped.
+    time), the validation loss and accuracy before training, compile time, final
+    validation loss and accuracy, and the divergence flag with the iteration where
+    the run stopped.
     """
-    layout = config.layout()
-    model_key, train_key = jax.random.split(jax.random.key(config.seed))
-    model = MODELS[config.model](key=model_key)
-    step = fwdeqx.make_step(
-        _loss,
-        _registry.make_optimizer(config.optimizer, config.lr),
-        _registry.make_estimator(config.estimator),
-    )
-    opt_state = step.init(model)
-    params, static = eqx.partition(model, eqx.is_array)
-    cache = {} if cache is None else cache
-    cache_key = dataclasses.replace(config, seed=0)
-    if cache_key not in cache:
-        # Different seeds differ only in array leaves, so `static` is shared.
-        cache[cache_key] = (
-            make_chunk_fn(step, static),
-            {},
-            make_evaluate(
-                static,
-                to_float(dataset.val_images, layout=layout),
-                np.asarray(dataset.val_labels),
-            ),
-        )
-    chunk_fn, compiled, evaluate = cache[cache_key]
+    prepared = _prepare(config, dataset, to_float, {} if cache is None else cache)
+    params, opt_state = prepared.params, prepared.opt_state
+    initial_val_loss, initial_val_accuracy = prepared.evaluate(params)
 
     sizes = [config.eval_every] * (config.iterations // config.eval_every)
     if config.iterations % config.eval_every:
@@ -227,10 +193,10 @@ def _train_run(
             batch_size=config.batch_size,
             seed=config.seed,
             num_steps=config.iterations,
-            layout=layout,
+            layout=prepared.layout,
         )
     )
-    chunks = _chunks(batch_iter, sizes)
+    chunks = stacked_chunks(batch_iter, sizes)
 
     compile_time = 0.0
     train_time = 0.0
@@ -247,15 +213,11 @@ def _train_run(
     bar = progress(total=config.iterations, desc=config.run_id) if progress else None
     xs, ys = next(chunks)
     for index, size in enumerate(sizes):
-        if size not in compiled:
-            start_compile = time.perf_counter()
-            compiled[size] = chunk_fn.lower(
-                params, opt_state, xs, ys, train_key, jnp.int32(0)
-            ).compile()
-            compile_time += time.perf_counter() - start_compile
+        compiled, seconds = _compile(prepared, xs, ys)
+        compile_time += seconds
         start = time.perf_counter()
-        params, opt_state, losses = compiled[size](
-            params, opt_state, xs, ys, train_key, jnp.int32(done)
+        params, opt_state, losses = compiled(
+            params, opt_state, xs, ys, prepared.train_key, jnp.int32(done)
         )
         if index + 1 < len(sizes):
             xs, ys = next(chunks)  # overlaps with the device computing this chunk
@@ -272,10 +234,10 @@ def _train_run(
                 bar.set_postfix_str("diverged")
             break
         done += size
-        val_loss, val_accuracy = evaluate(params)
+        val_loss, val_accuracy = prepared.evaluate(params)
         record["iteration"].append(done)
         record["train_loss"].append(float(np.mean(losses)))
-        record["val_loss"].append(_finite_or_none(val_loss))
+        record["val_loss"].append(finite_or_none(val_loss))
         record["val_accuracy"].append(val_accuracy)
         record["time"].append(train_time)
         if bar is not None:
@@ -289,6 +251,8 @@ def _train_run(
         "run_id": config.run_id,
         "config": dataclasses.asdict(config),
         "dataset": dataset.name,
+        "initial_val_loss": finite_or_none(initial_val_loss),
+        "initial_val_accuracy": initial_val_accuracy,
         **record,
         "compile_time": compile_time,
         "train_time": train_time,
@@ -297,3 +261,89 @@ def _train_run(
         "diverged": diverged,
         "diverged_at": diverged_at,
     }
+
+
+def measure_step_times(*args: Any, **kwargs: Any) -> dict[str, dict[str, Any]]:
+    """See `_measure_step_times` (standard dtype promotion, as `train_run`)."""
+    with jax.numpy_dtype_promotion("standard"):
+        return _measure_step_times(*args, **kwargs)
+
+
+def _measure_step_times(
+    configs: list[RunConfig],
+    dataset: Any,
+    *,
+    batches: Callable[..., Iterator],
+    to_float: Callable[..., np.ndarray],
+    cache: dict | None = None,
+    rounds: int = 7,
+) -> dict[str, dict[str, Any]]:
+    """Per-step training time of each configuration, measured interleaved.
+
+    Each configuration runs `rounds` chunks of `config.eval_every` steps (its own
+    compiled chunk, from its initial state, on the first batches of seed 0); the
+    rounds go round-robin over the configurations, starting one further each round,
+    so a burst of machine load hits every configuration alike. The step time is the
+    median over rounds of (chunk wall time / steps).
+
+    **Returns:**
+
+    `{step_time_key(config): {"step_time": seconds, "rounds": [seconds, ...],
+    "steps": N}}`.
+    """
+    cache = {} if cache is None else cache
+    states = []
+    for config in configs:
+        prepared = _prepare(config, dataset, to_float, cache)
+        size = config.eval_every
+        xs, ys = next(
+            stacked_chunks(
+                iter(
+                    batches(
+                        dataset.train_images,
+                        dataset.train_labels,
+                        batch_size=config.batch_size,
+                        seed=0,
+                        num_steps=size,
+                        layout=prepared.layout,
+                    )
+                ),
+                [size],
+            )
+        )
+        compiled, _ = _compile(prepared, xs, ys)
+        # One untimed chunk: the first call of a compiled function pays for
+        # allocations the others do not.
+        state = compiled(
+            prepared.params,
+            prepared.opt_state,
+            xs,
+            ys,
+            prepared.train_key,
+            jnp.int32(0),
+        )
+        jax.block_until_ready(state)
+        states.append([config, compiled, xs, ys, prepared.train_key, state, []])
+    for round_index in range(rounds):
+        shift = round_index % len(states)
+        for entry in states[shift:] + states[:shift]:
+            config, compiled, xs, ys, key, state, times = entry
+            start = time.perf_counter()
+            state = compiled(state[0], state[1], xs, ys, key, jnp.int32(0))
+            jax.block_until_ready(state)
+            times.append((time.perf_counter() - start) / config.eval_every)
+            entry[5] = state
+    return {
+        step_time_key(config): {
+            "step_time": float(np.median(times)),
+            "rounds": times,
+            "steps": config.eval_every,
+        }
+        for config, *_, times in states
+    }
+
+
+def step_time_key(config: RunConfig | dict[str, Any]) -> str:
+    """`optimizer/estimator`: what a step's cost depends on (not the lr or seed)."""
+    c = config if isinstance(config, dict) else dataclasses.asdict(config)
+    return f"{c['optimizer']}/{c['estimator']}"

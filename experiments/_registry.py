@@ -14,13 +14,18 @@ Estimator specs are `name` or `name-kK` (K tangents, e.g. `fwd-gaussian-k4`):
 | `fwd-rademacher` | `fwdeqx.ForwardGradient(fwdeqx.Rademacher())` |
 | `fwd-lowrank` | `fwdeqx.ForwardGradient(fwdeqx.LowRank(rank=1))` |
 | `fwd-lowrank4` | `fwdeqx.ForwardGradient(fwdeqx.LowRank(rank=4))` |
+| `fwd-projection` | `fwd-gaussian` with `combine=fwdeqx.Projection()` |
+| `fwd-projection-rescaled` | `fwd-gaussian` with `fwdeqx.Projection(rescale=True)` |
+| `fwd-lowrank-projection` | `fwdeqx.Projection()` of rank-1 `fwdeqx.LowRank` tangents |
+| `spsa` | `fwdeqx.SPSA(num_directions=K)` |
 
-To add one: `ESTIMATORS["spsa"] = lambda num_tangents: fwdeqx.SPSA(...)`. A factory
-takes `num_tangents` (K, default 1); one that has no K should raise `ValueError`
-for K != 1 (see `_no_tangents`).
+To add one: `ESTIMATORS["fwd-rademacher-projection"] = _forward(fwdeqx.Rademacher,
+combine=fwdeqx.Projection())`. A factory takes `num_tangents` (K, default 1); one
+that has no K should raise `ValueError` for K != 1 (see `_no_tangents`).
 
-Optimizers map a name to a factory `lr -> optax.GradientTransformation`; add one
-with `OPTIMIZERS["lion"] = optax.lion`.
+Optimizers map a name to a factory `lr -> optax.GradientTransformation` (`sgd`,
+`adam`, `adam-b0.99`, and `fwd-adam`, `fwd-adam-global`, `fwd-adam-b0.99` from
+`fwdeqx.fwd_adam`); add one with `OPTIMIZERS["lion"] = optax.lion`.
 """
 
 import re
@@ -46,9 +51,12 @@ def _no_tangents(make: Callable[[], fwdeqx.AbstractEstimator]) -> EstimatorFacto
 
 def _forward(
     make_tangents: Callable[[], fwdeqx.AbstractTangentDistribution],
+    **options: fwdeqx.AbstractCombiner,
 ) -> EstimatorFactory:
+    """`fwdeqx.ForwardGradient` with K tangents; `options` (`combine=...`) as in
+    its constructor."""
     return lambda num_tangents: fwdeqx.ForwardGradient(
-        make_tangents(), num_tangents=num_tangents
+        make_tangents(), num_tangents=num_tangents, **options
     )
 
 
@@ -59,11 +67,27 @@ ESTIMATORS: dict[str, EstimatorFactory] = {
     "fwd-rademacher": _forward(fwdeqx.Rademacher),
     "fwd-lowrank": _forward(lambda: fwdeqx.LowRank(rank=1)),
     "fwd-lowrank4": _forward(lambda: fwdeqx.LowRank(rank=4)),
+    # Beyond the papers (docs/beyond.md): combiners of K tangents and SPSA.
+    "fwd-projection": _forward(fwdeqx.Gaussian, combine=fwdeqx.Projection()),
+    # Rank-1 tangents: the Gram matrix comes from the factors, the jvp costs a
+    # fraction of a dense one, so K = 16..64 tangents are affordable.
+    "fwd-lowrank-projection": _forward(
+        lambda: fwdeqx.LowRank(rank=1), combine=fwdeqx.Projection()
+    ),
+    "fwd-projection-rescaled": _forward(
+        fwdeqx.Gaussian, combine=fwdeqx.Projection(rescale=True)
+    ),
+    "spsa": lambda num_directions: fwdeqx.SPSA(num_directions=num_directions),
 }
 
 OPTIMIZERS: dict[str, OptimizerFactory] = {
     "sgd": optax.sgd,
     "adam": optax.adam,
+    # Beyond the papers (docs/beyond.md): the forward-gradient-aware Adam.
+    "fwd-adam": fwdeqx.fwd_adam,
+    "fwd-adam-global": lambda lr: fwdeqx.fwd_adam(lr, second_moment="global"),
+    "adam-b0.99": lambda lr: optax.adam(lr, b1=0.99),
+    "fwd-adam-b0.99": lambda lr: fwdeqx.fwd_adam(lr, b1=0.99),
 }
 
 _SPEC = re.compile(r"^(?P<name>.+?)(?:-k(?P<k>\d+))?$")
@@ -104,32 +128,3 @@ def make_optimizer(name: str, lr: float) -> optax.GradientTransformation:
     """The optax optimizer `name` with learning rate `lr`."""
     check_optimizer(name)
     return OPTIMIZERS[name](lr)
-
-
-# Issue 7 (beyond the papers): multi-tangent combinations, SPSA, forward-gradient Adam.
-def _register_beyond() -> None:
-    from fwdeqx._combine import Mean, Projection
-    from fwdeqx._optim import fwd_adam
-    from fwdeqx._spsa import SPSA
-
-    def combined(combine) -> EstimatorFactory:
-        return lambda num_tangents: fwdeqx.ForwardGradient(
-            fwdeqx.Gaussian(), num_tangents=num_tangents, combine=combine
-        )
-
-    ESTIMATORS["fwd-projection"] = combined(Projection())
-    # Rank-1 tangents: the Gram matrix comes from the factors, the jvp costs a
-    # fraction of a dense one, so K = 16..64 tangents are affordable.
-    ESTIMATORS["fwd-lowrank-projection"] = lambda num_tangents: fwdeqx.ForwardGradient(
-        fwdeqx.LowRank(rank=1), num_tangents=num_tangents, combine=Projection()
-    )
-    ESTIMATORS["fwd-projection-rescaled"] = combined(Projection(rescale=True))
-    ESTIMATORS["fwd-orthogonal"] = combined(Mean(orthogonalize=True))
-    ESTIMATORS["spsa"] = lambda num_directions: SPSA(num_directions=num_directions)
-    OPTIMIZERS["fwd-adam"] = fwd_adam
-    OPTIMIZERS["fwd-adam-global"] = lambda lr: fwd_adam(lr, second_moment="global")
-    OPTIMIZERS["adam-b0.99"] = lambda lr: optax.adam(lr, b1=0.99)
-    OPTIMIZERS["fwd-adam-b0.99"] = lambda lr: fwd_adam(lr, b1=0.99)
-
-
-_register_beyond()

@@ -18,6 +18,26 @@ import matplotlib
 matplotlib.use("Agg")  # headless: experiments run on machines without a display
 
 
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Check that `path` could be created and written, without creating it (so a
+    command that fails later leaves no empty folder behind); exit with a one-line
+    error otherwise."""
+    out = Path(path)
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise SystemExit(
+            f"error: output directory {out} is not writable ({existing} is a file)."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SystemExit(
+            f"error: output directory {out} is not writable ({existing} is not "
+            "writable)."
+        )
+    return out
+
+
 def output_dir(path: str | os.PathLike) -> Path:
     """Create `path` (and parents) and check it is writable; exit with a one-line
     error otherwise."""
@@ -39,6 +59,9 @@ def write_atomic(path: Path, text: str) -> None:
     half-written one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        # mkstemp creates the file 0600; give it the mode `open` would (0666 less
+        # the umask), like the PNGs and runs.jsonl next to it.
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
@@ -47,6 +70,12 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; restore at once
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -95,10 +124,29 @@ def environment() -> dict[str, str]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
         "cpu_count": str(os.cpu_count()),
         "jax_backend": jax.default_backend(),
         "jax_devices": ", ".join(str(d) for d in jax.devices()),
     }
+
+
+def _cpu_model() -> str:
+    """The CPU's model name and vector extensions (Linux), which decide the code XLA
+    generates and so the last bits of every float result (docs/mnist.md,
+    "Reproducibility")."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    fields: dict[str, str] = {}
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    vector = [f for f in ("avx512f", "avx2", "fma", "avx") if f in flags]
+    model = fields.get("model name", platform.processor() or "unknown")
+    return f"{model} ({' '.join(vector) or 'no avx'})"
 
 
 def _to_builtin(value: Any) -> Any:

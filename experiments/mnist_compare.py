@@ -3,47 +3,46 @@
 Reproduces section 4.2 (and the appendix) of the seed paper "Gradients with or
 without Backpropagation": the 784-1024-1024-10 ReLU MLP, softmax cross-entropy,
 minibatch 64, forward gradient (Gaussian tangents) against backprop under SGD and
-Adam, several seeds; loss per iteration and per wall-clock time; T_b (time at which
+Adam, several seeds; loss per iteration and per training time; T_b (time at which
 backprop reaches its lowest validation loss) and T_f (first time forward gradient
 reaches that loss); and a larger learning rate at which forward gradient diverges.
 Baydin et al.'s logistic regression and CNN are available with `--model`.
 
-    python -m experiments.mnist_compare                 # quick preset (~5 min)
+    python -m experiments.mnist_compare                 # quick preset
     python -m experiments.mnist_compare --preset paper  # the full grid
     python -m experiments.mnist_compare --estimators backprop fwd-gaussian fwd-lowrank
 
+`--help` lists every flag with its default, the presets, estimators and optimizers.
 Outputs (in `--out`, default `results/mnist_compare/<preset>-<dataset>-<model>/`):
-`config.json`, `runs.jsonl` (one line per finished run; rerunning resumes),
-`summary.csv`, `loss_vs_iteration.png`, `loss_vs_time.png`, `divergence.png` (when
-a run diverged) and `report.md`.
+`config.json`, `runs.jsonl` (one line per finished run; rerunning resumes, counting
+only runs on the same data), `step_times.json`, `summary.csv`,
+`loss_vs_iteration.png`, `loss_vs_time.png`, `divergence.png` (when a run diverged)
+and `report.md`. How the learning rates were chosen: docs/mnist.md.
 
-**Learning rates.** With Gaussian tangents the forward gradient's second moment is
-about (n + 2)|∇f|² for n ≈ 1.86M parameters, so SGD is stable for it only at
-learning rates far below what backprop tolerates. The papers' exact values could not
-be re-checked offline (Baydin et al. 2022 train MNIST with SGD at a learning rate of
-order 1e-4, from memory), so the defaults come from our own runs on mnist-5k (table
-in docs/mnist.md). A 1000-iteration sweep (SGD lr 1e-1 ... 3e-4, Adam 1e-3 ...
-3e-5) had forward-gradient SGD diverge at every lr >= 3e-3 and match backprop per
-iteration at 1e-3 and 3e-4, and Adam forward gradient far behind Adam backprop at
-every lr; the 2000-iteration quick runs then showed forward-gradient SGD at 1e-3
-diverging late (iteration ~1750 on mnist-5k, ~800 on Fashion-MNIST). Hence quick:
-SGD 3e-4 (stable), 1e-3 (tracks backprop, then diverges late), 3e-3 (the divergent
-lr of the appendix figure), Adam 1e-4; paper: SGD 1e-4 and 3e-4 plus 3e-3, Adam
-1e-4 and 1e-3.
+The presets, flags and `--help` text are in `_mnist_cli`; the summaries and
+`report.md` in `_mnist_report`.
 """
 
-import argparse
 import dataclasses
-import math
 import os
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-from . import _registry
+from ._mnist_cli import (
+    DATASETS as DATASETS,
+    LR_RATIONALE as LR_RATIONALE,
+    MODELS as MODELS,
+    PRESETS as PRESETS,
+    QUICK_DURATION as QUICK_DURATION,
+    Settings as Settings,
+    build_parser as build_parser,
+    resolve as resolve,
+)
 from ._report import (
     append_jsonl,
+    check_output_dir,
     environment,
     output_dir,
     read_runs,
@@ -52,200 +51,36 @@ from ._report import (
 )
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {
-        "model": "mlp",
-        "estimators": ["backprop", "fwd-gaussian"],
-        "optimizers": ["sgd", "adam"],
-        "lrs": {"sgd": [3e-4, 1e-3, 3e-3], "adam": [1e-4]},
-        "divergent_lrs": {"sgd": 3e-3},
-        "iterations": 2000,
-        "seeds": 2,
-        "eval_every": 50,
-    },
-    "paper": {
-        "model": "mlp",
-        "estimators": ["backprop", "fwd-gaussian"],
-        "optimizers": ["sgd", "adam"],
-        "lrs": {"sgd": [1e-4, 3e-4, 3e-3], "adam": [1e-4, 1e-3]},
-        "divergent_lrs": {"sgd": 3e-3},
-        "iterations": 20_000,
-        "seeds": 5,
-        "eval_every": 200,
-    },
-}
-LR_RATIONALE = (
-    "Forward gradient with Gaussian tangents has second moment about "
-    "(n + 2)|∇f|² (n ≈ 1.86M parameters for the MLP), so SGD is stable for it only "
-    "at learning rates far below backprop's. The papers' exact values could not "
-    "be re-checked offline, so the defaults come from our own runs on mnist-5k "
-    "(docs/mnist.md): a 1000-iteration sweep had forward-gradient SGD diverge at "
-    "every lr >= 3e-3 and match backprop per iteration at 1e-3 and 3e-4; over 2000 "
-    "iterations 1e-3 diverged late (iteration ~1750 on mnist-5k). Quick preset: "
-    "SGD 3e-4 (stable), 1e-3 (tracks backprop, then diverges late) and 3e-3 (the "
-    "divergent learning rate of the paper's appendix figure); Adam 1e-4 (backprop "
-    "converged at every Adam lr from 3e-5 to 1e-3 and forward gradient lagged far "
-    "behind at all of them). Paper preset: SGD 1e-4 and 3e-4 plus 3e-3, Adam 1e-4 "
-    "and 1e-3."
-)
-DATASETS = ("mnist", "fashion-mnist", "mnist-5k")
-MODELS = ("mlp", "logreg", "cnn")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not usage + message
-        raise SystemExit(f"error: {message}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="python -m experiments.mnist_compare",
-        description="Forward gradient vs backprop on MNIST (SGD and Adam).",
-    )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    parser.add_argument("--model", choices=MODELS)
-    parser.add_argument("--dataset", choices=DATASETS, default="mnist")
-    parser.add_argument("--data-dir", help="folder with the IDX files (or cache)")
-    parser.add_argument(
-        "--estimators",
-        nargs="+",
-        metavar="SPEC",
-        help="e.g. backprop fwd-gaussian fwd-rademacher fwd-lowrank fwd-gaussian-k4",
-    )
-    parser.add_argument("--optimizers", nargs="+", metavar="NAME")
-    parser.add_argument(
-        "--lrs",
-        nargs="+",
-        metavar="LR",
-        help="learning rates for every optimizer, or per optimizer as sgd=1e-3",
-    )
-    parser.add_argument("--iterations", type=int)
-    parser.add_argument("--seeds", type=int, help="number of seeds (0, 1, ...)")
-    parser.add_argument("--eval-every", type=int, help="iterations per record")
-    parser.add_argument("--out", help="output folder")
-    return parser
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    preset: str
-    model: str
-    dataset: str
-    data_dir: str | None
-    estimators: tuple[str, ...]
-    optimizers: tuple[str, ...]
-    lrs: dict[str, tuple[float, ...]]
-    divergent_lrs: dict[str, float]
-    iterations: int
-    seeds: int
-    eval_every: int
-    out: str | None
-
-
-def _parse_lrs(
-    values: list[str], optimizers: tuple[str, ...]
-) -> dict[str, tuple[float, ...]]:
-    shared: list[float] = []
-    specific: dict[str, list[float]] = {}
-    for value in values:
-        name, _, number = value.rpartition("=")
-        try:
-            lr = float(number)
-        except ValueError:
-            raise SystemExit(
-                f"error: learning rate {value!r} is not a number"
-            ) from None
-        if not (math.isfinite(lr) and lr > 0):
-            raise SystemExit(f"error: learning rate must be > 0, got {value!r}")
-        if name:
-            if name not in optimizers:
-                raise SystemExit(
-                    f"error: --lrs {value!r} names optimizer {name!r}, not one of "
-                    f"--optimizers {' '.join(optimizers)}"
-                )
-            specific.setdefault(name, []).append(lr)
-        else:
-            shared.append(lr)
-    lrs = {opt: tuple(specific.get(opt, shared)) for opt in optimizers}
-    missing = [opt for opt, rates in lrs.items() if not rates]
-    if missing:
-        raise SystemExit(f"error: no learning rate given for {', '.join(missing)}")
-    return lrs
-
-
-def resolve(args: argparse.Namespace) -> Settings:
-    """Preset defaults overridden by the given flags; exits with a one-line error
-    on any invalid value, before any work starts."""
-    preset = PRESETS[args.preset]
-    estimators = tuple(args.estimators or preset["estimators"])
-    for spec in estimators:
-        try:
-            _registry.make_estimator(spec)
-        except ValueError as error:
-            raise SystemExit(f"error: {error}") from None
-    if len(set(estimators)) != len(estimators):
-        raise SystemExit("error: --estimators lists an estimator twice")
-    optimizers = tuple(args.optimizers or preset["optimizers"])
-    for name in optimizers:
-        try:
-            _registry.check_optimizer(name)
-        except ValueError as error:
-            raise SystemExit(f"error: {error}") from None
-    if args.lrs:
-        lrs = _parse_lrs(args.lrs, optimizers)
-    else:
-        lrs = {}
-        for opt in optimizers:
-            if opt not in preset["lrs"]:
-                raise SystemExit(
-                    f"error: the {args.preset} preset has no learning rate for "
-                    f"{opt!r}; give one with --lrs {opt}=LR"
-                )
-            lrs[opt] = tuple(preset["lrs"][opt])
-    for flag, value in (
-        ("--iterations", args.iterations),
-        ("--seeds", args.seeds),
-        ("--eval-every", args.eval_every),
-    ):
-        if value is not None and value < 1:
-            raise SystemExit(f"error: {flag} must be a positive integer, got {value}")
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise SystemExit(f"error: --data-dir {args.data_dir} is not a directory")
-    iterations = args.iterations or preset["iterations"]
-    eval_every = min(args.eval_every or preset["eval_every"], iterations)
-    divergent = {
-        opt: lr
-        for opt, lr in preset["divergent_lrs"].items()
-        if opt in lrs and lr in lrs[opt]
-    }
-    return Settings(
-        preset=args.preset,
-        model=args.model or preset["model"],
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        estimators=estimators,
-        optimizers=optimizers,
-        lrs=lrs,
-        divergent_lrs=divergent,
-        iterations=iterations,
-        seeds=args.seeds or preset["seeds"],
-        eval_every=eval_every,
-        out=args.out,
-    )
+INTERRUPTED = "interrupted; rerun the same command to resume"
 
 
 def load_data(settings: Settings) -> Any:
     """The dataset, validated on the test split (`mnist-5k`, which has none,
-    holds out 100 images per class: 4,000 train / 1,000 validation)."""
+    holds out 100 images per class: 4,000 train / 1,000 validation).
+
+    Exits with the whole message (what was tried and how to fix it) when the data
+    cannot be found or read. The offline fallback's warning is printed once, to
+    stderr."""
+    import warnings
+
     from fwdeqx import data
 
     try:
-        return data.load_dataset(
-            settings.dataset, data_dir=settings.data_dir, validation="test"
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", data.DatasetFallbackWarning)
+            dataset = data.load_dataset(
+                settings.dataset, data_dir=settings.data_dir, validation="test"
+            )
     except (data.DatasetNotFoundError, data.IdxFormatError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise SystemExit(f"error: {first_line}") from None
+        raise SystemExit(f"error: {str(error).strip()}") from None
+    for warning in caught:
+        if issubclass(warning.category, data.DatasetFallbackWarning):
+            print(f"warning: {warning.message}", file=sys.stderr, flush=True)
+        else:  # not ours to swallow
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    return dataset
 
 
 def dataset_info(dataset: Any) -> dict[str, Any]:
@@ -256,15 +91,19 @@ def dataset_info(dataset: Any) -> dict[str, Any]:
         "validation": str(dataset.validation),
         "num_train": len(dataset.train_labels),
         "num_val": len(dataset.val_labels),
+        "fingerprint": dataset.fingerprint,
     }
 
 
-def grid(settings: Settings, dataset_name: str) -> list:
-    from ._mnist_train import RunConfig
+def grid(settings: Settings, dataset: Any) -> list:
+    """Every run of the grid, keyed on the data (`RunConfig.data`)."""
+    from ._mnist_train import RunConfig, data_identity
 
+    identity = data_identity(dataset)
     return [
         RunConfig(
-            dataset=dataset_name,
+            dataset=dataset.name,
+            data=identity,
             model=settings.model,
             optimizer=optimizer,
             lr=lr,
@@ -280,13 +119,30 @@ def grid(settings: Settings, dataset_name: str) -> list:
     ]
 
 
+def timing_configs(configs: list) -> list:
+    """One configuration per (optimizer, estimator) to time: its smallest lr (the
+    least likely to diverge; a step costs the same at any lr), seed 0."""
+    from ._mnist_train import step_time_key
+
+    chosen: dict[str, Any] = {}
+    for config in configs:
+        key = step_time_key(config)
+        if key not in chosen or config.lr < chosen[key].lr:
+            chosen[key] = dataclasses.replace(config, seed=0)
+    return list(chosen.values())
+
+
 def write_outputs(
-    out: Path, settings: Settings, config: dict[str, Any], runs: list[dict]
+    out: Path,
+    settings: Settings,
+    config: dict[str, Any],
+    runs: list[dict],
+    step_times: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     """summary.csv, figures and report.md from `runs`; returns the stdout table."""
     from . import _mnist_plots, _mnist_report
 
-    rows = _mnist_report.summarise(runs)
+    rows = _mnist_report.summarise(runs, step_times)
     write_atomic(out / "summary.csv", _mnist_report.summary_csv(rows))
     name = config["dataset"]["name"]
     title = f"{settings.model.upper()} on {name}"
@@ -294,8 +150,20 @@ def write_outputs(
     _mnist_plots.plot_losses(
         runs, out / figures[0], x_key="iteration", title=f"{title}: loss per iteration"
     )
+    timed = [
+        {**run, "step_time_axis": _mnist_report.run_times(run, step_times)}
+        for run in runs
+    ]
     _mnist_plots.plot_losses(
-        runs, out / figures[1], x_key="time", title=f"{title}: loss per training time"
+        timed,
+        out / figures[1],
+        x_key="step_time_axis",
+        title=f"{title}: loss per training time",
+        x_label=(
+            "training time (s): iterations × median step time"
+            if step_times
+            else "training time (s)"
+        ),
     )
     # Every lr of each optimizer where a run diverged, for contrast.
     diverging = {
@@ -325,24 +193,38 @@ def write_outputs(
     return _mnist_report.text_table(rows)
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+def _status(record: dict[str, Any]) -> str:
+    if record["diverged"]:
+        return f"diverged at iteration {record['diverged_at']}"
+    return (
+        f"val loss {record['final_val_loss']:.4f}, "
+        f"acc {record['final_val_accuracy']:.4f}"
+    )
+
+
+TIMING_ROUNDS = 7
+
+
+def run(argv: list[str]) -> None:
+    """The experiment; see the module docstring. `main` adds clean Ctrl-C."""
     settings = resolve(build_parser().parse_args(argv))
-    out = output_dir(settings.out) if settings.out else None
+    if settings.out:
+        check_output_dir(settings.out)
 
     from tqdm import tqdm
 
     from fwdeqx import data
 
-    from ._mnist_train import train_run
+    from ._mnist_train import measure_step_times, train_run
 
     dataset = load_data(settings)
-    if out is None:
-        out = output_dir(
-            Path("results")
-            / "mnist_compare"
-            / f"{settings.preset}-{dataset.name}-{settings.model}"
-        )
+    # Created only once the data loaded: a failure leaves no empty folder behind.
+    out = output_dir(
+        settings.out
+        or Path("results")
+        / "mnist_compare"
+        / f"{settings.preset}-{dataset.name}-{settings.model}"
+    )
     config = {
         **{
             k: v
@@ -355,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         "data_dir": settings.data_dir,
         "out": str(out),
         "command": shlex.join(["python", "-m", "experiments.mnist_compare", *argv]),
+        "timing": {"rounds": TIMING_ROUNDS, "steps": settings.eval_every},
         "environment": environment(),
         "environment_variables": {
             k: v for k, v in os.environ.items() if k.startswith(("JAX_", "XLA_"))
@@ -364,9 +247,17 @@ def main(argv: list[str] | None = None) -> None:
 
     runs_path = out / "runs.jsonl"
     finished = read_runs(runs_path)
+    configs = grid(settings, dataset)
+    others = len(set(finished) - {c.run_id for c in configs})
+    if others:
+        print(
+            f"note: {runs_path} also holds {others} run(s) of other settings or "
+            "other data; they are not counted here.",
+            flush=True,
+        )
     cache: dict = {}
     runs = []
-    for run_config in grid(settings, dataset.name):
+    for index, run_config in enumerate(configs):
         record = finished.get(run_config.run_id)
         if record is None:
             record = train_run(
@@ -378,21 +269,41 @@ def main(argv: list[str] | None = None) -> None:
                 cache=cache,
             )
             append_jsonl(runs_path, record)
-            status = (
-                f"diverged at iteration {record['diverged_at']}"
-                if record["diverged"]
-                else f"val loss {record['final_val_loss']:.4f}, "
-                f"acc {record['final_val_accuracy']:.4f}"
-            )
+            status = _status(record)
         else:
             status = "already in runs.jsonl, skipped"
-        print(f"{run_config.run_id}: {status}", flush=True)
+        print(f"[{index + 1}/{len(configs)}] {run_config.run_id}: {status}", flush=True)
         runs.append(record)
 
-    table = write_outputs(out, settings, config, runs)
+    print(
+        f"timing the steps: {TIMING_ROUNDS} interleaved rounds of "
+        f"{settings.eval_every} steps per (optimizer, estimator)",
+        flush=True,
+    )
+    step_times = measure_step_times(
+        timing_configs(configs),
+        dataset,
+        batches=data.batches,
+        to_float=data.to_float,
+        cache=cache,
+        rounds=TIMING_ROUNDS,
+    )
+    write_json(out / "step_times.json", step_times)
+    table = write_outputs(out, settings, config, runs, step_times)
     print(f"\nDataset: {dataset.name} (requested {dataset.requested})")
     print(table)
     print(f"\nOutputs in {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the experiment; on Ctrl-C say how to resume and exit with status 130
+    (finished runs are already in runs.jsonl)."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        run(argv)
+    except KeyboardInterrupt:
+        print(f"\n{INTERRUPTED}", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

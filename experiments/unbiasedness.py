@@ -36,6 +36,7 @@ from jax.flatten_util import ravel_pytree
 
 import fwdeqx
 
+from ._moments import moments
 from ._theory import finish, log_grid, master_key, mean_ci, parse_args, save_figure
 
 
@@ -52,22 +53,18 @@ MLP_BATCH = 16
 
 def second_moment_theory(tangents: str, n: int) -> float:
     """E‖g‖²/‖∇f‖²: n+2 (Gaussian), n (Rademacher), scale⁴(n+2) (scaled Gaussian)."""
-    return {
-        "gaussian": n + 2,
-        "rademacher": n,
-        "scaled_gaussian": SCALE**4 * (n + 2),
-    }[tangents]
+    return moments(TANGENTS[tangents]).second_moment(n)
 
 
 def mean_theory(tangents: str) -> float:
     """E[g] = c ∇f with c = 1 when Cov[v] = I and c = scale² for the scaled one."""
-    return SCALE**2 if tangents == "scaled_gaussian" else 1.0
+    return moments(TANGENTS[tangents]).mean_factor
 
 
 def rms_error_theory(tangents: str, n: int, num: np.ndarray) -> np.ndarray:
     """√(E‖ḡ_N − c∇f‖²)/‖c∇f‖ for N samples (exact): √((n+1)/N) for the (scaled)
     Gaussian, √((n−1)/N) for Rademacher."""
-    excess = n - 1 if tangents == "rademacher" else n + 1
+    excess = moments(TANGENTS[tangents]).relative_variance(n)
     return np.sqrt(excess / np.asarray(num, dtype=np.float64))
 
 
@@ -230,7 +227,7 @@ def plot_rate(results, problems, sizes):
             ax.grid(alpha=0.3, which="both")
             ax.set_xlabel("N (forward gradients averaged)")
             ax.set_ylabel("RMS of ‖ḡ_N − ∇f‖ / ‖∇f‖")
-            excess = "n+1" if name == "gaussian" else "n−1"
+            excess = moments(TANGENTS[name]).relative_variance_text()
             ax.set_title(
                 f"{problem}, {name}\nsolid: measured RMS (band: 95% CI), "
                 f"dashed: √(({excess})/N)",

@@ -55,3 +55,22 @@ def test_missing_optional_suite_is_skipped(monkeypatch):
     assert result["status"] == "skipped"
     with pytest.raises(ModuleNotFoundError):
         bench.run_suite("steps", quick=True)
+
+
+def test_collective_bytes_parses_hlo():
+    from benchmarks._hlo import collective_bytes
+
+    hlo = "\n".join(
+        [
+            "  %a = f32[5]{0} all-reduce(f32[5]{0} %x), to_apply=%add",
+            "  %b = (f32[8,6]{1,0}, f32[8]{0}) all-reduce(%p, %q), channel_id=1",
+            "  %c = bf16[2,3]{1,0} all-reduce-start(%r), to_apply=%add",
+            "  %d = bf16[2,3]{1,0} all-reduce-done(%c)",
+            "  %e = f32[16]{0} all-gather(f32[4]{0} %s), dimensions={0}",
+            "  %f = f32[1000]{0} add(%g, %h)",
+        ]
+    )
+    totals = collective_bytes(hlo)
+    assert totals["all-reduce"] == 5 * 4 + (48 + 8) * 4 + 6 * 2
+    assert totals["all-gather"] == 16 * 4
+    assert totals["reduce-scatter"] == totals["all-to-all"] == 0

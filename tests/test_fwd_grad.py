@@ -65,13 +65,14 @@ def _models_and_losses(key):
     ids=["gauss", "gauss-hash", "rade"],
 )
 def test_forward_gradient_is_directional_derivative_times_tangent(index, tangents):
-    """g = ⟨∇f, v⟩ v exactly (float64), with v = tangents(key, like) for K = 1."""
+    """g = ⟨∇f, v⟩ v exactly (float64), with v drawn as every direction is, from
+    `split(key, K)[k]`: for K = 1, `tangents(split(key, 1)[0], like)`."""
     with jax.enable_x64(True):
         name, x, loss = _models_and_losses(jax.random.key(0))[index]
         key = jax.random.key(1)
         like = eqx.filter(x, eqx.is_inexact_array)
         assert jtu.tree_leaves(like)[0].dtype == jnp.float64, name
-        v = tangents(key, like)
+        v = tangents(jax.random.split(key, 1)[0], like)
         true_grad = eqx.filter_grad(loss)(x)
         expected = jtu.tree_map(lambda t: tree_dot(true_grad, v) * t, v)
 
@@ -97,7 +98,7 @@ def test_has_aux_returns_aux_untouched():
     assert np.allclose(aux["prediction"], w * x) and aux["step"] == 3
     grad_only, aux_only = fwdeqx.filter_fwd_grad(loss, has_aux=True)(w, x, key=key)
     assert tree_allclose(grad_only, grad) and aux_only["step"] == 3
-    v = fwdeqx.Gaussian()(key, w)
+    v = fwdeqx.Gaussian()(jax.random.split(key, 1)[0], w)
     assert np.allclose(grad, jnp.vdot(2 * w * x**2, v) * v, rtol=1e-5)
 
 
@@ -264,3 +265,92 @@ def test_bad_configuration_raises():
         fwdeqx.filter_value_and_fwd_grad(_loss, num_tangents=2.0)  # pyright: ignore
     with pytest.raises(TypeError, match="tangents"):
         fwdeqx.filter_value_and_fwd_grad(_loss, tangents="gaussian")  # pyright: ignore
+
+
+def _bitwise_equal(x, y) -> bool:
+    x_leaves, y_leaves = jtu.tree_leaves(x), jtu.tree_leaves(y)
+    return jtu.tree_structure(x) == jtu.tree_structure(y) and all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(x_leaves, y_leaves, strict=True)
+    )
+
+
+@pytest.mark.parametrize("num_tangents", [1, 4])
+@pytest.mark.parametrize(
+    "combine",
+    [None, fwdeqx.Mean(), fwdeqx.Projection()],
+    ids=["default", "mean", "proj"],
+)
+def test_transformation_is_forward_gradient_estimator(num_tangents, combine, getkey):
+    """`filter_value_and_fwd_grad(...)` is bit-for-bit
+    `ForwardGradient(tangents, num_tangents, combine)(fun, x, ..., key=key)`."""
+    model = eqx.nn.MLP(3, 2, 8, 2, key=getkey())
+    x, key = jnp.linspace(-1.0, 1.0, 3), getkey()
+
+    def loss(model, x, *, scale):
+        out = model(x)
+        return scale * jnp.sum(out**2), out
+
+    options = {} if combine is None else {"combine": combine}
+    transformed = fwdeqx.filter_value_and_fwd_grad(
+        loss,
+        has_aux=True,
+        tangents=fwdeqx.Rademacher(),
+        num_tangents=num_tangents,
+        **options,
+    )
+    estimator = fwdeqx.ForwardGradient(fwdeqx.Rademacher(), num_tangents, **options)
+    got = transformed(model, x, scale=2.0, key=key)
+    want = estimator(loss, model, x, scale=2.0, key=key, has_aux=True)
+    assert _bitwise_equal(got, want)
+    grad_only = fwdeqx.filter_fwd_grad(
+        loss,
+        has_aux=True,
+        tangents=fwdeqx.Rademacher(),
+        num_tangents=num_tangents,
+        **options,
+    )(model, x, scale=2.0, key=key)
+    assert _bitwise_equal(grad_only, (want[1], want[0][1]))
+
+
+_ESTIMATORS = [
+    fwdeqx.ForwardGradient(),
+    fwdeqx.ForwardGradient(num_tangents=2, combine=fwdeqx.Projection()),
+    fwdeqx.SPSA(num_directions=2),
+    fwdeqx.Backprop(),
+]
+
+
+@pytest.mark.parametrize(
+    ("x", "loss"),
+    [
+        (jnp.arange(3), lambda x: jnp.sum(x).astype(jnp.float32)),
+        ({"a": jnp.arange(3), "b": 2}, lambda x: jnp.sum(x["a"]).astype(jnp.float32)),
+        (jnp.ones(3), lambda x: jnp.float32(2.0)),
+        ({"w": jnp.ones((2, 2)), "n": 3}, lambda x: jnp.sum(jnp.ones(2))),
+        (jnp.ones(3), lambda x: 2.0),
+        (jnp.arange(3), lambda x: 2.0),
+    ],
+    ids=[
+        "int-leaves",
+        "no-float-leaves",
+        "no-dependence",
+        "no-dependence-tree",
+        "python-float",
+        "python-float-int-leaves",
+    ],
+)
+@pytest.mark.parametrize("estimator", _ESTIMATORS, ids=["fg", "fg-proj", "spsa", "bp"])
+def test_degenerate_losses_match_filter_value_and_grad(x, loss, estimator):
+    """As `eqx.filter_value_and_grad` (issue 15): `None` gradients where the first
+    argument has no floating leaves, zeros where the loss does not depend on them,
+    and a Python-float loss works."""
+    want_value, want_grad = eqx.filter_value_and_grad(loss)(x)
+    value, grad = estimator(loss, x, key=jax.random.key(0))
+    assert np.allclose(value, want_value)
+    assert jtu.tree_structure(grad) == jtu.tree_structure(want_grad)
+    assert tree_allclose(grad, want_grad, rtol=0, atol=0)
+    if not isinstance(estimator, fwdeqx.SPSA):
+        value, grad = fwdeqx.filter_value_and_fwd_grad(loss)(x, key=jax.random.key(0))
+        assert np.allclose(value, want_value)
+        assert tree_allclose(grad, want_grad, rtol=0, atol=0)

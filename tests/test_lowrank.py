@@ -9,10 +9,7 @@ import numpy as np
 import pytest
 
 import fwdeqx
-from fwdeqx._directional import (
-    value_and_directional_derivative,
-    value_and_directional_derivatives,
-)
+from fwdeqx._directional import value_and_derivatives
 from fwdeqx._lowrank import LowRankMatrix
 from fwdeqx._structured import densify
 from fwdeqx.models import CNN
@@ -39,9 +36,11 @@ def _check_exact(model, x, key, rank=2):
             tangent, is_leaf=lambda n: isinstance(n, LowRankMatrix)
         )
     )
-    (value, _), derivative = eqx.filter_jit(value_and_directional_derivative)(
-        lambda m: (loss(m), None), model, tangent
+    stack = jtu.tree_map(lambda leaf: leaf[None], tangent)  # K = 1
+    (value, _), derivatives = eqx.filter_jit(value_and_derivatives)(
+        lambda m: (loss(m), None), model, stack
     )
+    derivative = derivatives[0]
     exact = tree_dot(eqx.filter_jit(eqx.filter_grad(loss))(model), densify(tangent))
     assert derivative.dtype == jnp.float64
     np.testing.assert_allclose(value, loss(model), rtol=1e-12)
@@ -85,7 +84,7 @@ def test_stacked_tangents_match_one_by_one(getkey):
 
         keys = jax.random.split(getkey(), 5)
         stack = jax.vmap(fwdeqx.LowRank(rank=2), in_axes=(0, None))(keys, like)
-        (value, _), derivatives = value_and_directional_derivatives(fn, model, stack)
+        (value, _), derivatives = value_and_derivatives(fn, model, stack)
         assert derivatives.shape == (5,)
         grad = eqx.filter_grad(lambda m: fn(m)[0])(model)
         one_by_one = jax.vmap(lambda v: tree_dot(grad, v))(densify(stack))
@@ -131,3 +130,60 @@ def test_clear_error_when_weight_is_read(getkey):
 def test_rank_must_be_positive():
     with pytest.raises(ValueError, match="rank"):
         fwdeqx.LowRank(rank=0)
+
+
+def test_generic_modules_never_import_lowrank():
+    """Structured tangents are reached through `AbstractStructuredTangent` only:
+    `_lowrank` is imported by `__init__.py` alone."""
+    import pathlib
+    import re
+
+    source = pathlib.Path(fwdeqx.__file__).parent
+    importers = sorted(
+        str(path.relative_to(source))
+        for path in source.rglob("*.py")
+        if path.name != "_lowrank.py"
+        and re.search(r"^\s*(from|import)\s+\S*_lowrank\b", path.read_text(), re.M)
+    )
+    assert importers == ["__init__.py"]
+
+
+class _Unconsumed(fwdeqx.AbstractStructuredTangent):
+    """A structured tangent whose hook consumes nothing."""
+
+    value: jax.Array
+
+    def weighted_sum(self, weights):
+        return jnp.tensordot(weights, self.value, axes=1)
+
+    def gram(self):
+        flat = self.value.reshape(self.value.shape[0], -1)
+        return flat @ flat.T
+
+    def scaled(self, scale):
+        return _Unconsumed(scale * self.value)
+
+    def to_dense(self):
+        return self.value
+
+    @classmethod
+    def prepare_jvp(cls, x, tangent):
+        return x, tangent
+
+
+def test_structured_interface(getkey):
+    """The combiners reach a structured leaf through its `gram` / `weighted_sum`;
+    a tangent left unconsumed by its `prepare_jvp` hook is a clear error."""
+    stack = {"w": _Unconsumed(jax.random.normal(getkey(), (3, 4)))}
+    dense = {"w": stack["w"].value}
+    derivatives = jnp.array([1.0, -2.0, 0.5])
+    for combine in (fwdeqx.Mean(), fwdeqx.Projection()):
+        np.testing.assert_allclose(
+            combine(derivatives, stack, 4)["w"],
+            combine(derivatives, dense, 4)["w"],
+            rtol=1e-5,
+        )
+    with pytest.raises(TypeError, match="nothing in the model consumes it"):
+        value_and_derivatives(
+            lambda w: (jnp.sum(w["w"] ** 2), None), {"w": jnp.ones(4)}, stack
+        )

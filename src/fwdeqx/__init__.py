@@ -3,7 +3,7 @@ pass, no backpropagation."""
 
 import importlib.metadata
 
-from . import distributed as distributed, testfns as testfns
+from . import distributed as distributed, local as local, testfns as testfns
 from ._combine import (
     AbstractCombiner as AbstractCombiner,
     Mean as Mean,

@@ -1,7 +1,8 @@
 """Gradient estimators with one interface: `est(fun, x, *args, key) -> (value, grad)`.
 
-Training loops, experiments and benchmarks take an estimator object; adding a new
-way of obtaining gradients is one new subclass here.
+Transformations, training loops, the distributed step, experiments and benchmarks
+take an estimator object; adding a new way of obtaining gradients is one new
+subclass of `AbstractEstimator`.
 """
 
 import abc
@@ -9,11 +10,14 @@ from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
-from jaxtyping import PRNGKeyArray, PyTree
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array, Float, Key, PRNGKeyArray, PyTree, UInt32
 
-from ._combine import AbstractCombiner, check_combiner
-from ._fwd_grad import check_num_tangents, check_tangents, fwd_value_and_grad
-from ._tangents import AbstractTangentDistribution, Gaussian
+from ._combine import AbstractCombiner, Mean, check_combiner
+from ._directional import sample_directions, value_and_derivatives
+from ._tangents import AbstractTangentDistribution, Gaussian, tree_size
 
 
 class AbstractEstimator(eqx.Module):
@@ -22,7 +26,8 @@ class AbstractEstimator(eqx.Module):
     An estimator is called as `est(fun, x, *args, key=key, has_aux=False, **kwargs)`
     and returns `(value, grad)` (or `((value, aux), grad)` with `has_aux=True`),
     where `grad` has `None` at every leaf of `x` that is not a floating array, as
-    for `eqx.filter_value_and_grad`.
+    for `eqx.filter_value_and_grad`. Subclasses implement `__call__` and
+    `num_forward_passes`.
     """
 
     @abc.abstractmethod
@@ -51,10 +56,10 @@ class AbstractEstimator(eqx.Module):
         """
 
     @property
+    @abc.abstractmethod
     def num_forward_passes(self) -> int:
         """Forward-mode evaluations per call, counting the K tangents of a batched
         pass as K (used to compare estimators at equal cost)."""
-        return 1
 
 
 class Backprop(AbstractEstimator):
@@ -77,21 +82,29 @@ class Backprop(AbstractEstimator):
         del key
         return eqx.filter_value_and_grad(fun, has_aux=has_aux)(x, *args, **kwargs)
 
+    @property
+    def num_forward_passes(self) -> int:
+        return 1
+
 
 class ForwardGradient(AbstractEstimator):
     """The forward gradient g = (1/K) Σ_k (∇f·v_k) v_k from one forward-mode pass
     (Algorithm 1 of Baydin et al. 2022, with K = 1 by default).
 
+    The algorithm, the same for every K: split `key` into K keys, draw direction k
+    from key k, evaluate the K directional derivatives ∇f·v_k in one batched
+    forward-mode pass (the primal once), and let `combine` turn them into one
+    estimate.
+
     **Arguments:**
 
     - `tangents`: the tangent distribution (default `fwdeqx.Gaussian()`).
-    - `num_tangents`: K, the number of tangents averaged.
-    - `combine`: how the K directional derivatives become one estimate: `None`
-        (default) averages the K forward gradients; `fwdeqx.Mean(orthogonalize=True)`
-        averages along orthogonalised tangents; `fwdeqx.Projection()` projects ∇f
-        on the span of the tangents (biased by K/n, see its docs) and
-        `fwdeqx.Projection(rescale=True)` rescales it by n/K. All cost one batched
-        forward-mode pass.
+    - `num_tangents`: K, the number of directions.
+    - `combine`: how the K directional derivatives become one estimate:
+        `fwdeqx.Mean()` (default) averages the K forward gradients;
+        `fwdeqx.Projection()` projects ∇f on the span of the directions (biased by
+        K/n, see its docs) and `fwdeqx.Projection(rescale=True)` rescales it by
+        n/K. All cost one batched forward-mode pass.
 
     !!! Example
 
@@ -104,13 +117,35 @@ class ForwardGradient(AbstractEstimator):
 
     tangents: AbstractTangentDistribution = Gaussian()
     num_tangents: int = eqx.field(static=True, default=1)
-    combine: AbstractCombiner | None = None
+    combine: AbstractCombiner = Mean()
 
     def __check_init__(self):
         check_tangents(self.tangents)
         check_num_tangents(self.num_tangents)
-        if self.combine is not None:
-            check_combiner(self.combine)
+        check_combiner(self.combine)
+
+    def direction_keys(
+        self, key: PRNGKeyArray
+    ) -> Key[Array, " k"] | UInt32[Array, "k 2"]:
+        """The K keys the K directions are drawn from, `jax.random.split(key, K)`."""
+        return jax.random.split(key, self.num_tangents)
+
+    def sample(
+        self, keys: Key[Array, " k"] | UInt32[Array, "k 2"], like: PyTree
+    ) -> PyTree:
+        """One direction per key from `tangents`, stacked on a new leading axis.
+
+        **Arguments:**
+
+        - `keys`: a stack of keys, e.g. a slice of `direction_keys(key)`.
+        - `like`: `eqx.filter(x, eqx.is_inexact_array)`.
+
+        **Returns:**
+
+        The directions: `like`'s structure, every leaf with a leading axis of the
+        length of `keys`.
+        """
+        return sample_directions(self.tangents, keys, like)
 
     def __call__(
         self,
@@ -118,23 +153,111 @@ class ForwardGradient(AbstractEstimator):
         x: PyTree,
         /,
         *args: Any,
-        key: PRNGKeyArray,
+        key: Any,  # any object: `check_key` explains what is wrong with it
         has_aux: bool = False,
         **kwargs: Any,
     ) -> tuple[Any, PyTree]:
-        return fwd_value_and_grad(
-            fun,
-            x,
-            args,
-            kwargs,
-            key=key,
-            has_aux=has_aux,
-            tangents=self.tangents,
-            num_tangents=self.num_tangents,
-            name="fwdeqx.ForwardGradient",
-            combine=self.combine,
-        )
+        name = "fwdeqx.ForwardGradient"
+        check_key(key, name)
+        fn = scalar_function(fun, args, kwargs, has_aux=has_aux, name=name)
+        like = eqx.filter(x, eqx.is_inexact_array)
+        if not jtu.tree_leaves(like):  # nothing to differentiate, as eqx: None
+            value, aux = fn(x)
+            return ((value, aux) if has_aux else value), like
+        directions = self.sample(self.direction_keys(key), like)
+        (value, aux), derivatives = value_and_derivatives(fn, x, directions)
+        grad = self.combine(derivatives, directions, tree_size(like))
+        return ((value, aux) if has_aux else value), grad
 
     @property
     def num_forward_passes(self) -> int:
         return self.num_tangents
+
+
+def check_key(key: Any, name: str) -> None:
+    """A clear error unless `key` is one JAX PRNG key (typed or raw)."""
+    if key is None:
+        raise TypeError(
+            f"`{name}` needs a keyword-only `key` to draw its random tangents, e.g. "
+            "`key=jax.random.key(0)`; split a fresh key for every call. The key is "
+            "consumed by the estimator and not passed to your function."
+        )
+    is_typed_key = (
+        isinstance(key, jax.Array)
+        and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        and key.shape == ()
+    )
+    is_raw_key = (
+        isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
+    )
+    if not (is_typed_key or is_raw_key):
+        raise TypeError(
+            f"`key` passed to `{name}` must be a single JAX PRNG key "
+            "(`jax.random.key(seed)` or `jax.random.PRNGKey(seed)`), got "
+            f"{getattr(key, 'dtype', type(key).__name__)} with shape "
+            f"{getattr(key, 'shape', None)}."
+        )
+
+
+def check_num_tangents(num_tangents: Any) -> None:
+    if isinstance(num_tangents, bool) or not isinstance(num_tangents, int):
+        raise TypeError(f"`num_tangents` must be an int, got {num_tangents!r}.")
+    if num_tangents < 1:
+        raise ValueError(f"`num_tangents` must be at least 1, got {num_tangents}.")
+
+
+def check_tangents(tangents: Any) -> None:
+    if not isinstance(tangents, AbstractTangentDistribution):
+        raise TypeError(
+            "`tangents` must be a tangent distribution such as `fwdeqx.Gaussian()`, "
+            f"`fwdeqx.Rademacher()` or `fwdeqx.LowRank()`, got {tangents!r}."
+        )
+
+
+def scalar_function(
+    fun: Callable, args: tuple, kwargs: dict, *, has_aux: bool, name: str
+) -> Callable[[PyTree], tuple[Float[Array, ""] | float, Any]]:
+    """`x -> (value, aux)` for `fun(x, *args, **kwargs)`: checks that the value is a
+    floating scalar, and stops gradients through `aux` (`None` without aux)."""
+
+    def fn(x):
+        out = fun(x, *args, **kwargs)
+        if has_aux:
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise TypeError(
+                    f"With `has_aux=True` the function passed to `{name}` must "
+                    f"return a 2-tuple `(value, aux)`, got {type(out).__name__}."
+                )
+            value, aux = out
+        else:
+            value, aux = out, None
+        check_scalar_output(value, name)
+        return value, _stop_gradient(aux)
+
+    return fn
+
+
+def check_scalar_output(value: Any, name: str) -> None:
+    if not (isinstance(value, jax.Array | float) and jnp.shape(value) == ()):
+        raise ValueError(
+            f"The function passed to `{name}` must return a scalar (shape `()`), got "
+            f"{_describe(value)}. Reduce it (e.g. `.mean()`) or, for extra outputs, "
+            "use `has_aux=True` and return `(scalar, aux)`."
+        )
+    if not jnp.issubdtype(jnp.result_type(value), jnp.floating):
+        raise TypeError(
+            f"The function passed to `{name}` must return a floating-point scalar, got "
+            f"dtype {jnp.result_type(value)}. Cast it with `.astype(jnp.float32)`."
+        )
+
+
+def _describe(value: Any) -> str:
+    if hasattr(value, "shape"):
+        return f"an array of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def _stop_gradient(tree: PyTree) -> PyTree:
+    return jtu.tree_map(
+        lambda leaf: jax.lax.stop_gradient(leaf) if eqx.is_array(leaf) else leaf, tree
+    )

@@ -36,6 +36,13 @@ class LowRankMatrix(AbstractStructuredTangent):
         weighted_left = weights.astype(self.left.dtype)[:, None, None] * self.left
         return jnp.einsum("kro,kri->oi", weighted_left, self.right)
 
+    def gram(self) -> Float[Array, "k k"]:
+        # ⟨Σ_i a_i b_iᵀ, Σ_j c_j e_jᵀ⟩ = Σ_ij (a_i·c_j)(b_i·e_j), for every pair
+        # of directions k, l; never forms the (out, in) matrices.
+        left = jnp.einsum("kro,lso->klrs", self.left, self.left)
+        right = jnp.einsum("kri,lsi->klrs", self.right, self.right)
+        return jnp.sum(left * right, axis=(2, 3))
+
     def scaled(self, scale: float | Float[Array, ""]) -> "LowRankMatrix":
         return LowRankMatrix(
             jnp.asarray(scale, self.left.dtype) * self.left, self.right
@@ -43,6 +50,10 @@ class LowRankMatrix(AbstractStructuredTangent):
 
     def to_dense(self) -> Array:
         return jnp.einsum("...ro,...ri->...oi", self.left, self.right)
+
+    @classmethod
+    def prepare_jvp(cls, x: PyTree, tangent: PyTree) -> tuple[PyTree, PyTree]:
+        return perturb_low_rank_linears(x, tangent)
 
 
 @jax.custom_jvp

@@ -7,11 +7,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+from jaxtyping import Array, Float, PyTree
 
-from ._directional import check_scalar_output
-from ._estimators import AbstractEstimator
-from ._fwd_grad import check_key, check_tangents
+from ._estimators import AbstractEstimator, check_key, check_tangents, scalar_function
 from ._structured import densify
 from ._tangents import AbstractTangentDistribution, Gaussian
 
@@ -83,7 +81,7 @@ class SPSA(AbstractEstimator):
         x: PyTree,
         /,
         *args: Any,
-        key: PRNGKeyArray,
+        key: Any,  # any object: `check_key` explains what is wrong with it
         has_aux: bool = False,
         **kwargs: Any,
     ) -> tuple[Any, PyTree]:
@@ -95,19 +93,11 @@ class SPSA(AbstractEstimator):
         def direction(index):
             return densify(self.tangents(keys[index], like))
 
+        fn = scalar_function(fun, args, kwargs, has_aux=has_aux, name=name)
+
         def evaluate(shifted):
-            out = fun(shifted, *args, **kwargs)
-            if has_aux:
-                if not (isinstance(out, tuple) and len(out) == 2):
-                    raise TypeError(
-                        f"With `has_aux=True` the function passed to `{name}` must "
-                        f"return a 2-tuple `(value, aux)`, got {type(out).__name__}."
-                    )
-                value, aux = out
-            else:
-                value, aux = out, None
-            check_scalar_output(value, name)
-            return value, aux
+            value, aux = fn(shifted)
+            return jnp.asarray(value), aux
 
         def body(index, carry):
             grad, total, _ = carry

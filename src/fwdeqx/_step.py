@@ -45,11 +45,43 @@ class TrainStep(eqx.Module):
         `(model, opt_state, loss)`: the updated model and optimizer state, and the
         loss at the model *before* the update.
         """
-        value, grads = self.estimator(self.loss, model, batch, key=key)
-        params = eqx.filter(model, eqx.is_inexact_array)
-        updates, opt_state = self.optimizer.update(grads, opt_state, params)
-        model = eqx.apply_updates(model, updates)
-        return model, opt_state, value
+        return estimate_and_update(
+            self.estimator, self.loss, self.optimizer, model, opt_state, batch, key
+        )
+
+
+def estimate_and_update(
+    estimator: AbstractEstimator,
+    loss: Callable,
+    optimizer: optax.GradientTransformation,
+    model: PyTree,
+    opt_state: optax.OptState,
+    batch: Any,
+    key: PRNGKeyArray,
+) -> tuple[PyTree, optax.OptState, Float[Array, ""]]:
+    """The body of every training step (`fwdeqx.TrainStep` and the distributed
+    step): estimate the gradient, let the optimizer turn it into updates, apply
+    them to the floating leaves of the model."""
+    value, grads = estimator(loss, model, batch, key=key)
+    params = eqx.filter(model, eqx.is_inexact_array)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return eqx.apply_updates(model, updates), opt_state, value
+
+
+def check_estimator(estimator: object) -> None:
+    if not isinstance(estimator, AbstractEstimator):
+        raise TypeError(
+            "`estimator` must be an estimator such as `fwdeqx.ForwardGradient()` or "
+            f"`fwdeqx.Backprop()`, got {estimator!r}."
+        )
+
+
+def check_optimizer(optimizer: object) -> None:
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            "`optimizer` must be an optax GradientTransformation such as "
+            f"`optax.sgd(1e-3)`, got {optimizer!r}."
+        )
 
 
 def make_step(
@@ -82,13 +114,6 @@ def make_step(
             model, opt_state, value = step(model, opt_state, batch, subkey)
         ```
     """
-    if not isinstance(estimator, AbstractEstimator):
-        raise TypeError(
-            "`estimator` must be an estimator such as `fwdeqx.ForwardGradient()` or "
-            f"`fwdeqx.Backprop()`, got {estimator!r}."
-        )
-    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
-        raise TypeError(
-            f"`optimizer` must be an optax GradientTransformation, got {optimizer!r}."
-        )
+    check_estimator(estimator)
+    check_optimizer(optimizer)
     return TrainStep(loss, optimizer, estimator)

@@ -1,41 +1,35 @@
 """Training steps across several devices, where forward gradients communicate only
 scalars.
 
-Every device draws the same tangents from the same key, so the devices only need to
-agree on the K directional derivatives: an all-reduce of K + 1 scalars per step
-(the derivatives and the loss), whatever the size of the model. Data-parallel
-backprop, for comparison, all-reduces the whole gradient.
+`make_step(loss, optimizer, estimator, mesh=mesh, parallelism=...)` runs the step of
+[`fwdeqx.make_step`][] for the same estimator over the devices of one mesh axis:
 
-- `make_step(loss, optimizer, mesh=mesh, mode="data")`: the batch is split over
-  the devices; each evaluates the K directional derivatives on its shard; their
-  mean over devices is the full-batch derivative.
-- `make_step(..., mode="tangent")`: the K tangents are split over the devices; each
-  evaluates its K/D tangents on the whole batch; one sum over devices of a vector
-  of K + 1 slots gives every device all the derivatives.
-- `make_backprop_step(loss, optimizer, mesh=mesh)`: data-parallel backprop.
+- `parallelism="data"` (default): the batch is split over the devices, and each
+  calls the estimator on its shard with the loss averaged over the devices
+  (`jax.lax.pmean`), so the estimator's derivatives are all-reduced wherever it
+  takes them: K + 1 scalars for a `fwdeqx.ForwardGradient` (any combiner), the
+  whole gradient for `fwdeqx.Backprop`, one scalar per evaluation for `fwdeqx.SPSA`.
+- `parallelism="tangent"`: the K tangents of a `fwdeqx.ForwardGradient` are split
+  over the devices; each evaluates its K/D tangents on the whole batch, and one sum
+  over devices of K + 1 slots gives every device all the derivatives.
 
-In every case each device then forms the same gradient from the same tangents
-(drawn again from the key in tangent mode) and applies the same update, so the
-parameters stay replicated, and the result equals the single-device
-`fwdeqx.make_step` with the same key up to float rounding.
+Each device then forms the same gradient from the same tangents (the same key gives
+the same tangents everywhere) and applies the same update through the step body of
+`fwdeqx.TrainStep`, so the parameters stay replicated and the result equals the
+single-device `fwdeqx.make_step` with the same key up to float rounding.
 
 !!! Example
 
     ```python
-    import fwdeqx.distributed
-
     mesh = jax.make_mesh((jax.device_count(),), ("batch",))
-    step = fwdeqx.distributed.make_step(
-        loss, optax.sgd(1e-3), mesh=mesh, num_tangents=8
-    )
-    opt_state = step.init(model)
-    model, opt_state, value = step(model, opt_state, (x, y), key)
+    estimator = fwdeqx.ForwardGradient(num_tangents=8)
+    step = fwdeqx.distributed.make_step(loss, optax.sgd(1e-3), estimator, mesh=mesh)
+    model, opt_state, value = step(model, step.init(model), (x, y), key)
     ```
 """
 
-import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -45,24 +39,29 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from ._directional import check_scalar_output, value_and_directional_derivatives
-from ._fwd_grad import (
+from ._directional import value_and_derivatives
+from ._estimators import (
+    AbstractEstimator,
+    Backprop,
+    ForwardGradient,
     check_key,
-    check_num_tangents,
-    check_tangents,
-    draw_tangents,
-    mean_forward_gradient,
-    sample_tangent_stack,
-    value_and_derivatives_along,
+    scalar_function,
 )
-from ._tangents import AbstractTangentDistribution, Gaussian
+from ._step import check_estimator, check_optimizer, estimate_and_update
+from ._tangents import tree_size
+
+
+Parallelism = Literal["data", "tangent"]
+"""What [`fwdeqx.distributed.make_step`][] splits over the devices: `"data"`, the
+batch (every estimator), or `"tangent"`, the K tangents of a
+`fwdeqx.ForwardGradient`."""
+_PARALLELISMS = ("data", "tangent")
 
 
 class DistributedTrainStep(eqx.Module):
     """One training step spread over the devices of a mesh axis.
 
-    Build it with [`fwdeqx.distributed.make_step`][] or
-    [`fwdeqx.distributed.make_backprop_step`][]. It is called exactly as
+    Build it with [`fwdeqx.distributed.make_step`][]. It is called exactly as
     [`fwdeqx.TrainStep`][]: `step(model, opt_state, batch, key) ->
     (model, opt_state, loss)`, and `step.init(model)` gives the optimizer state.
     The returned model and optimizer state are replicated over the mesh.
@@ -70,11 +69,10 @@ class DistributedTrainStep(eqx.Module):
 
     loss: Callable
     optimizer: optax.GradientTransformation
-    tangents: AbstractTangentDistribution | None
+    estimator: AbstractEstimator
     mesh: Mesh = eqx.field(static=True)
     axis_name: str = eqx.field(static=True)
-    strategy: str = eqx.field(static=True)
-    num_tangents: int = eqx.field(static=True)
+    parallelism: Parallelism = eqx.field(static=True)
 
     @property
     def num_devices(self) -> int:
@@ -97,9 +95,9 @@ class DistributedTrainStep(eqx.Module):
         - `model`: the model (any pytree; its floating arrays are trained).
         - `opt_state`: from `step.init(model)`.
         - `batch`: a pytree of arrays passed to the loss as `loss(model, batch)`.
-            In `"data"` mode and for backprop, every leaf is split along its
-            leading axis, which must be divisible by the number of devices.
-        - `key`: PRNG key for the tangents; use a fresh one every step. The same
+            With `parallelism="data"` every leaf is split along its leading axis,
+            which must be divisible by the number of devices.
+        - `key`: PRNG key for the estimator; use a fresh one every step. The same
             key on every device (and every host) gives the same tangents.
 
         **Returns:**
@@ -118,14 +116,13 @@ class DistributedTrainStep(eqx.Module):
     ) -> jax.stages.Lowered:
         """The step lowered for these arguments, without running it (a
         `jax.stages.Lowered`): call `.compile().as_text()` on the result to read
-        the optimised HLO, for example with
-        [`fwdeqx.distributed.collective_bytes`][]."""
+        the optimised HLO, e.g. to count the bytes its collectives move."""
         arguments = self._place(model, opt_state, batch, key)
         return type(self)._jitted_step.lower(self, *arguments).lowered
 
     @property
     def _shards_batch(self) -> bool:
-        return self.strategy != "tangent"
+        return self.parallelism == "data"
 
     def _place(
         self, model: PyTree, opt_state: optax.OptState, batch: Any, key: PRNGKeyArray
@@ -145,6 +142,14 @@ class DistributedTrainStep(eqx.Module):
             jax.device_put(key, replicated),
         )
 
+    def _per_device(self) -> tuple[AbstractEstimator, Callable]:
+        """The estimator and loss each device runs the step body with."""
+        if self.parallelism == "data":
+            return self.estimator, _MeanOverDevices(self.loss, self.axis_name)
+        assert isinstance(self.estimator, ForwardGradient)
+        split = _TangentParallel(self.estimator, self.axis_name, self.num_devices)
+        return split, self.loss
+
     @eqx.filter_jit
     def _jitted_step(
         self,
@@ -156,19 +161,19 @@ class DistributedTrainStep(eqx.Module):
         model_arrays, model_static = eqx.partition(model, eqx.is_array)
         state_arrays, state_static = eqx.partition(opt_state, eqx.is_array)
         batch_arrays, batch_static = eqx.partition(batch, eqx.is_array)
+        estimator, loss = self._per_device()
         new_statics = {}
 
         def per_device(model_arrays, state_arrays, batch_arrays, key):
             model = eqx.combine(model_arrays, model_static)
             state = eqx.combine(state_arrays, state_static)
             local_batch = eqx.combine(batch_arrays, batch_static)
-            value, grads = self._value_and_grad(model, local_batch, key)
-            params = eqx.filter(model, eqx.is_inexact_array)
-            updates, state = self.optimizer.update(grads, state, params)
-            model = eqx.apply_updates(model, updates)
+            model, state, value = estimate_and_update(
+                estimator, loss, self.optimizer, model, state, local_batch, key
+            )
             model_arrays, new_statics["model"] = eqx.partition(model, eqx.is_array)
             state_arrays, new_statics["state"] = eqx.partition(state, eqx.is_array)
-            return model_arrays, state_arrays, value
+            return model_arrays, state_arrays, jnp.asarray(value)
 
         replicated = PartitionSpec()
         split = PartitionSpec(self.axis_name)
@@ -183,90 +188,75 @@ class DistributedTrainStep(eqx.Module):
         opt_state = eqx.combine(state_arrays, new_statics["state"])
         return model, opt_state, value
 
-    def _value_and_grad(
-        self, model: PyTree, batch: Any, key: PRNGKeyArray
-    ) -> tuple[Float[Array, ""], PyTree]:
-        if self.strategy == "backprop":
-            return self._backprop(model, batch)
-        if self.strategy == "data":
-            return self._data_parallel(model, batch, key)
-        return self._tangent_parallel(model, batch, key)
 
-    def _loss_fn(self, batch: Any) -> Callable:
-        def fn(model):
-            value = self.loss(model, batch)
-            check_scalar_output(value, "fwdeqx.distributed.make_step")
-            return value, None
+class _MeanOverDevices(eqx.Module):
+    """`loss(model, shard)` averaged over the devices: the full-batch loss when the
+    loss is a mean over equal shards. Its derivatives, of any order or mode, are
+    all-reduced with it."""
 
-        return fn
+    loss: Callable
+    axis_name: str = eqx.field(static=True)
 
-    def _backprop(self, model: PyTree, batch: Any) -> tuple[Array, PyTree]:
-        # Differentiating a varying copy keeps the gradient local to the device
-        # (for an invariant one, JAX would sum it over the devices itself); the
-        # full parameter-sized gradient then crosses the interconnect in `pmean`.
-        varying_model = _to_varying(model, self.axis_name)
-        value, grads = eqx.filter_value_and_grad(self.loss)(varying_model, batch)
-        return jax.lax.pmean((value, grads), self.axis_name)
+    def __call__(self, model: PyTree, batch: Any) -> Float[Array, ""]:
+        return jax.lax.pmean(self.loss(model, batch), self.axis_name)
 
-    def _data_parallel(
-        self, model: PyTree, batch: Any, key: PRNGKeyArray
-    ) -> tuple[Array, PyTree]:
-        like = eqx.filter(model, eqx.is_inexact_array)
-        fn = self._loss_fn(batch)
-        tangents = draw_tangents(self._tangents, key, like, self.num_tangents)
-        (value, _), derivatives = value_and_derivatives_along(
-            fn, model, tangents, self.num_tangents
-        )
-        # The loss is a mean over the batch, so the mean over equal shards of the
-        # local derivatives is the full-batch derivative: only K + 1 scalars move.
-        value, derivatives = jax.lax.pmean((value, derivatives), self.axis_name)
-        # The tangents were drawn from the shared key, so they are the same on every
-        # device: each forms the same gradient without exchanging it.
-        return value, mean_forward_gradient(derivatives, tangents, self.num_tangents)
 
-    def _tangent_parallel(
-        self, model: PyTree, batch: Any, key: PRNGKeyArray
-    ) -> tuple[Array, PyTree]:
-        like = eqx.filter(model, eqx.is_inexact_array)
-        per_device = self.num_tangents // self.num_devices
+class _TangentParallel(AbstractEstimator):
+    """A `ForwardGradient` whose K directions are split over the D devices of
+    `axis_name`: each device takes the derivatives along its K/D directions on the
+    whole batch, the K derivatives are gathered, and every device combines them
+    with all K directions, drawn again from the shared key."""
+
+    estimator: ForwardGradient
+    axis_name: str = eqx.field(static=True)
+    num_devices: int = eqx.field(static=True)
+
+    def __call__(
+        self,
+        fun: Callable,
+        x: PyTree,
+        /,
+        *args: Any,
+        key: PRNGKeyArray,
+        has_aux: bool = False,
+        **kwargs: Any,
+    ) -> tuple[Any, PyTree]:
+        name = "fwdeqx.distributed.make_step"
+        fn = scalar_function(fun, args, kwargs, has_aux=has_aux, name=name)
+        like = eqx.filter(x, eqx.is_inexact_array)
+        num_tangents = self.estimator.num_tangents
+        per_device = num_tangents // self.num_devices
         index = jax.lax.axis_index(self.axis_name)
-        keys = _tangent_keys(key, self.num_tangents)
+        keys = self.estimator.direction_keys(key)
         local_keys = jax.lax.dynamic_slice_in_dim(keys, index * per_device, per_device)
-        local_stack = sample_tangent_stack(self._tangents, local_keys, like)
-        # The tangents differ between devices; typing the model's copy as varying
+        local_directions = self.estimator.sample(local_keys, like)
+        # The directions differ between devices; typing the model's copy as varying
         # too lets custom jvp rules (`fwdeqx.LowRank`) see matching types.
-        varying_model = _to_varying(model, self.axis_name)
-        (value, _), local_derivatives = value_and_directional_derivatives(
-            self._loss_fn(batch), varying_model, local_stack
+        varying_x = _to_varying(x, self.axis_name)
+        (value, aux), local_derivatives = value_and_derivatives(
+            fn, varying_x, local_directions
         )
         # Each device writes its K/D derivatives into a zero vector of K + 1 slots
         # (slot 0 holds the loss, which every device computed on the whole batch;
         # device 0 provides it) and the vectors are summed: adding zeros is exact,
         # and only K + 1 scalars move.
-        slots = jnp.zeros(self.num_tangents + 1, local_derivatives.dtype)
+        slots = jnp.zeros(num_tangents + 1, local_derivatives.dtype)
         slots = jax.lax.dynamic_update_slice_in_dim(
             slots, local_derivatives, 1 + index * per_device, axis=0
         )
         own_value = jnp.where(index == 0, value, jnp.zeros_like(value))
         slots = slots.at[0].set(own_value.astype(slots.dtype))
         slots = jax.lax.psum(slots, self.axis_name)
-        value = slots[0].astype(value.dtype)
-        # Each device held only its own K/D tangents: draw all K again from the
-        # shared key (the same on every device) to form the gradient.
-        tangents = draw_tangents(self._tangents, key, like, self.num_tangents)
-        return value, mean_forward_gradient(slots[1:], tangents, self.num_tangents)
+        value = slots[0].astype(jnp.result_type(value))
+        # Each device held only its own K/D directions: draw all K again from the
+        # shared key (the same on every device) to combine them.
+        directions = self.estimator.sample(keys, like)
+        grad = self.estimator.combine(slots[1:], directions, tree_size(like))
+        return ((value, aux) if has_aux else value), grad
 
     @property
-    def _tangents(self) -> AbstractTangentDistribution:
-        assert self.tangents is not None
-        return self.tangents
-
-
-def _tangent_keys(key: PRNGKeyArray, num_tangents: int) -> Array:
-    # As `fwdeqx.ForwardGradient`: K = 1 uses the key itself, K > 1 splits it.
-    if num_tangents == 1:
-        return key[None]
-    return jax.random.split(key, num_tangents)
+    def num_forward_passes(self) -> int:
+        return self.estimator.num_forward_passes
 
 
 def _to_varying(tree: PyTree, axis_name: str) -> PyTree:
@@ -321,26 +311,47 @@ def _resolve_axis(mesh: Any, axis_name: str | None) -> str:
     return axis_name
 
 
-def _check_optimizer(optimizer: Any) -> None:
-    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+def _check_parallelism(
+    estimator: AbstractEstimator, parallelism: Any, num_devices: int, axis: str
+) -> None:
+    if parallelism not in _PARALLELISMS:
+        raise ValueError(
+            f"`parallelism` must be 'data' or 'tangent', got {parallelism!r}."
+        )
+    if parallelism == "data":
+        return
+    if not isinstance(estimator, ForwardGradient):
+        what = (
+            "computes the exact gradient and has no tangents"
+            if isinstance(estimator, Backprop)
+            else "has no batch of tangents"
+        )
         raise TypeError(
-            f"`optimizer` must be an optax GradientTransformation, got {optimizer!r}."
+            "`parallelism='tangent'` splits the K tangents of a "
+            f"`fwdeqx.ForwardGradient` over the devices, but "
+            f"`{type(estimator).__name__}` {what} to split. Use "
+            "`parallelism='data'`, which works with every estimator."
+        )
+    if estimator.num_tangents % num_devices != 0:
+        raise ValueError(
+            f"`parallelism='tangent'` gives each of the {num_devices} devices of mesh "
+            f"axis {axis!r} the same number of tangents, so the estimator's "
+            f"`num_tangents` must be a multiple of {num_devices}; got "
+            f"{estimator.num_tangents}."
         )
 
 
 def make_step(
     loss: Callable,
     optimizer: optax.GradientTransformation,
+    estimator: AbstractEstimator,
     *,
     mesh: Mesh,
-    mode: str = "data",
-    tangents: AbstractTangentDistribution = Gaussian(),
-    num_tangents: int = 1,
+    parallelism: Parallelism = "data",
     axis_name: str | None = None,
 ) -> DistributedTrainStep:
-    """The forward-gradient training step of [`fwdeqx.make_step`][] with
-    `fwdeqx.ForwardGradient(tangents, num_tangents)`, spread over the devices of a
-    mesh axis, exchanging only scalars.
+    """The training step of [`fwdeqx.make_step`][] for `estimator`, spread over the
+    devices of a mesh axis.
 
     With the same key, the tangents are the same on every device and the same as
     on one device, so the update equals the single-device one up to float rounding
@@ -348,21 +359,26 @@ def make_step(
 
     **Arguments:**
 
-    - `loss`: `loss(model, batch) -> scalar`. In `"data"` mode it must be a
-        **mean over the leading axis** of the batch (as `fwdeqx.models.cross_entropy`
-        is), so that the mean of the shards' losses is the full-batch loss; nothing
-        in the loss may mix examples (no batch normalisation).
+    - `loss`: `loss(model, batch) -> scalar`. With `parallelism="data"` it must be
+        a **mean over the leading axis** of the batch (as
+        `fwdeqx.models.cross_entropy` is), so that the mean of the shards' losses
+        is the full-batch loss; nothing in the loss may mix examples (no batch
+        normalisation).
     - `optimizer`: any `optax.GradientTransformation`.
+    - `estimator`: how gradients are obtained, e.g.
+        `fwdeqx.ForwardGradient(num_tangents=8)` (any tangents and combiner),
+        `fwdeqx.Backprop()` or `fwdeqx.SPSA()`.
     - `mesh`: a `jax.sharding.Mesh`; on several hosts, the global mesh built after
         `jax.distributed.initialize()`.
-    - `mode`: `"data"` (default) splits the batch over the devices, each
-        evaluating all K tangents on its shard, then averages K + 1 scalars;
-        `"tangent"` gives each device K/D of the tangents on the whole batch, then
-        gathers the K derivatives.
-    - `tangents`: the tangent distribution, e.g. `fwdeqx.Gaussian()` (default),
-        `fwdeqx.Rademacher()` or `fwdeqx.LowRank()`.
-    - `num_tangents`: K. In `"tangent"` mode it must be a multiple of the number of
-        devices D.
+    - `parallelism`: what is split over the devices. `"data"` (default): the
+        batch; every device runs the estimator on its shard with the loss averaged
+        over the devices, so the estimator's derivatives are all-reduced (K + 1
+        scalars for a forward gradient, the whole gradient for backprop). Works
+        with every estimator. `"tangent"`: the K tangents of a
+        `fwdeqx.ForwardGradient`, whose `num_tangents` must be a multiple of the
+        number of devices D; each device evaluates its K/D tangents on the whole
+        batch, then the K derivatives are gathered (K + 1 scalars). Other
+        estimators raise a `TypeError`.
     - `axis_name`: the mesh axis to split over; may be omitted for a 1-D mesh.
 
     **Returns:**
@@ -375,32 +391,23 @@ def make_step(
 
         ```python
         mesh = jax.make_mesh((4,), ("batch",))
+        estimator = fwdeqx.ForwardGradient(num_tangents=8, combine=fwdeqx.Projection())
         step = fwdeqx.distributed.make_step(
-            loss, optax.sgd(1e-3), mesh=mesh, mode="tangent", num_tangents=8
+            loss, optax.adam(1e-3), estimator, mesh=mesh, parallelism="tangent"
         )
         ```
     """
     axis = _resolve_axis(mesh, axis_name)
-    _check_optimizer(optimizer)
-    check_tangents(tangents)
-    check_num_tangents(num_tangents)
-    if mode not in ("data", "tangent"):
-        raise ValueError(f"`mode` must be 'data' or 'tangent', got {mode!r}.")
-    num_devices = mesh.shape[axis]
-    if mode == "tangent" and num_tangents % num_devices != 0:
-        raise ValueError(
-            f"`mode='tangent'` gives each of the {num_devices} devices of mesh axis "
-            f"{axis!r} the same number of tangents, so `num_tangents` must be a "
-            f"multiple of {num_devices}; got {num_tangents}."
-        )
+    check_optimizer(optimizer)
+    check_estimator(estimator)
+    _check_parallelism(estimator, parallelism, mesh.shape[axis], axis)
     return DistributedTrainStep(
         loss=loss,
         optimizer=optimizer,
-        tangents=tangents,
+        estimator=estimator,
         mesh=mesh,
         axis_name=axis,
-        strategy=mode,
-        num_tangents=num_tangents,
+        parallelism=parallelism,
     )
 
 
@@ -413,8 +420,9 @@ def make_backprop_step(
 ) -> DistributedTrainStep:
     """Data-parallel backprop, the baseline: each device computes the gradient of
     its batch shard and the gradients are averaged over the devices, an all-reduce
-    of one number per parameter. Equals [`fwdeqx.make_step`][] with
-    `fwdeqx.Backprop()` up to float rounding.
+    of one number per parameter. Short for
+    `make_step(loss, optimizer, fwdeqx.Backprop(), mesh=mesh, axis_name=axis_name)`;
+    equals [`fwdeqx.make_step`][] with `fwdeqx.Backprop()` up to float rounding.
 
     **Arguments:**
 
@@ -430,88 +438,11 @@ def make_backprop_step(
     A jitted [`fwdeqx.distributed.DistributedTrainStep`][], called as
     `step(model, opt_state, batch, key)` (the key is accepted and ignored).
     """
-    axis = _resolve_axis(mesh, axis_name)
-    _check_optimizer(optimizer)
-    return DistributedTrainStep(
-        loss=loss,
-        optimizer=optimizer,
-        tangents=None,
-        mesh=mesh,
-        axis_name=axis,
-        strategy="backprop",
-        num_tangents=0,
-    )
-
-
-_COLLECTIVES: tuple[str, ...] = (
-    "all-reduce",
-    "all-gather",
-    "reduce-scatter",
-    "all-to-all",
-    "collective-permute",
-)
-_DTYPE_BYTES = {
-    "pred": 1,
-    "s8": 1,
-    "u8": 1,
-    "s16": 2,
-    "u16": 2,
-    "f16": 2,
-    "bf16": 2,
-    "s32": 4,
-    "u32": 4,
-    "f32": 4,
-    "s64": 8,
-    "u64": 8,
-    "f64": 8,
-    "c64": 8,
-    "c128": 16,
-}
-_INSTRUCTION = re.compile(
-    r"=\s*(?P<shape>\(.*?\)|\w+\[[\d,]*\](?:\{[^}]*\})?)\s+"
-    r"(?P<op>" + "|".join(_COLLECTIVES) + r")(?:-start)?\("
-)
-_ARRAY_SHAPE = re.compile(r"(\w+)\[([\d,]*)\]")
-
-
-def collective_bytes(hlo_text: str) -> dict[str, int]:
-    """Bytes produced by each kind of cross-device collective in an HLO module: a
-    diagnostic of how much one step communicates.
-
-    **Arguments:**
-
-    - `hlo_text`: the text of a compiled module, e.g.
-        `step.lower(model, opt_state, batch, key).compile().as_text()`.
-
-    **Returns:**
-
-    A dict from the collective (`"all-reduce"`, `"all-gather"`, `"reduce-scatter"`,
-    `"all-to-all"`, `"collective-permute"`) to the total bytes of the results of
-    its instructions (every kind present, 0 when absent). For an all-reduce this is
-    the size of the reduced buffer; asynchronous `-start`/`-done` pairs are counted
-    once.
-    """
-    totals: dict[str, int] = dict.fromkeys(_COLLECTIVES, 0)
-    for match in _INSTRUCTION.finditer(hlo_text):
-        totals[match.group("op")] += _shape_bytes(match.group("shape"))
-    return totals
-
-
-def _shape_bytes(shape: str) -> int:
-    total = 0
-    for dtype, dims in _ARRAY_SHAPE.findall(shape):
-        if dtype not in _DTYPE_BYTES:
-            continue
-        size = 1
-        for dim in filter(None, dims.split(",")):
-            size *= int(dim)
-        total += size * _DTYPE_BYTES[dtype]
-    return total
+    return make_step(loss, optimizer, Backprop(), mesh=mesh, axis_name=axis_name)
 
 
 __all__ = [
     "DistributedTrainStep",
-    "collective_bytes",
     "make_backprop_step",
     "make_step",
 ]

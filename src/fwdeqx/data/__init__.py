@@ -10,18 +10,13 @@ x_val = data.to_float(ds.val_images)
 ```
 """
 
+from ._dataset import Dataset as Dataset, pixel_stats as pixel_stats
 from ._datasets import (
     DATA_DIR_ENV as DATA_DIR_ENV,
-    DATASET_NAMES as DATASET_NAMES,
-    SPECS as SPECS,
-    Dataset as Dataset,
     DatasetFallbackWarning as DatasetFallbackWarning,
     DatasetNotFoundError as DatasetNotFoundError,
-    DatasetSpec as DatasetSpec,
     cache_dir as cache_dir,
     load_dataset as load_dataset,
-    pixel_stats as pixel_stats,
-    read_idx_dataset as read_idx_dataset,
 )
 from ._download import (
     DownloadError as DownloadError,
@@ -47,3 +42,9 @@ from ._pipeline import (
     batches as batches,
     to_float as to_float,
 )
+from ._specs import (
+    DATASET_NAMES as DATASET_NAMES,
+    SPECS as SPECS,
+    DatasetSpec as DatasetSpec,
+)
+from ._splits import read_idx_dataset as read_idx_dataset

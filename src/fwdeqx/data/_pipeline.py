@@ -20,7 +20,7 @@ import grain
 import numpy as np
 from jaxtyping import Float32, Int, UInt8
 
-from ._datasets import pixel_stats
+from ._dataset import pixel_stats
 from ._permute import permutation
 
 

@@ -1,0 +1,313 @@
+"""The command line of `python -m experiments.mnist_compare`: the presets, the flags
+and their help text (`build_parser`), and `resolve`, which turns the parsed flags into
+validated `Settings` before any work starts."""
+
+import argparse
+import dataclasses
+import math
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from . import _registry
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "model": "mlp",
+        "estimators": ["backprop", "fwd-gaussian"],
+        "optimizers": ["sgd", "adam"],
+        "lrs": {"sgd": [3e-4, 1e-3, 3e-3], "adam": [1e-4]},
+        "divergent_lrs": {"sgd": 3e-3},
+        "iterations": 2000,
+        "seeds": 2,
+        "eval_every": 50,
+    },
+    "paper": {
+        "model": "mlp",
+        "estimators": ["backprop", "fwd-gaussian"],
+        "optimizers": ["sgd", "adam"],
+        "lrs": {"sgd": [1e-4, 3e-4, 3e-3], "adam": [1e-4, 1e-3]},
+        "divergent_lrs": {"sgd": 3e-3},
+        "iterations": 20_000,
+        "seeds": 5,
+        "eval_every": 200,
+    },
+}
+LR_RATIONALE = (
+    "Forward gradient with Gaussian tangents has second moment about "
+    "(n + 2)|∇f|² (n ≈ 1.86M parameters for the MLP), so SGD is stable for it only "
+    "at learning rates far below backprop's. The defaults come from our own sweep "
+    "on mnist-5k (docs/mnist.md, 'Learning rates'): quick preset SGD 3e-4 "
+    "(stable), 1e-3 (tracks backprop, then diverges late) and 3e-3 (the divergent "
+    "learning rate of the paper's appendix figure), Adam 1e-4; paper preset SGD "
+    "1e-4 and 3e-4 plus 3e-3, Adam 1e-4 and 1e-3."
+)
+DATASETS = ("mnist", "fashion-mnist", "mnist-5k")
+MODELS = ("mlp", "logreg", "cnn")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + message
+        raise SystemExit(f"error: {message}")
+
+
+class _HelpFormatter(
+    argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter
+):
+    """Defaults shown (except where the preset supplies them: None), epilog kept
+    as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _preset_value(key: str) -> str:
+    def show(value: Any) -> str:
+        if isinstance(value, dict):
+            return " ".join(
+                f"{k}={','.join(f'{v:g}' for v in vs)}" for k, vs in value.items()
+            )
+        if isinstance(value, list):
+            return " ".join(map(str, value))
+        return str(value)
+
+    return ", ".join(f"{name}: {show(preset[key])}" for name, preset in PRESETS.items())
+
+
+QUICK_DURATION = "about 5 minutes"  # derived from step times: docs/mnist.md, "How long"
+
+
+def _epilog() -> str:
+    def wrap(text: str, indent: str = "  ") -> str:
+        return textwrap.fill(
+            text, width=79, initial_indent=indent, subsequent_indent=indent + "  "
+        )
+
+    presets = [
+        wrap(
+            f"{name}: {p['iterations']} iterations, {p['seeds']} seeds, record "
+            f"every {p['eval_every']}; model {p['model']}; estimators "
+            f"{' '.join(p['estimators'])}; lrs "
+            + " ".join(
+                f"{opt}={','.join(f'{lr:g}' for lr in lrs)}"
+                for opt, lrs in p["lrs"].items()
+            )
+            + "; "
+            + ", ".join(f"{o} {lr:g}" for o, lr in p["divergent_lrs"].items())
+            + " is the learning rate meant to make forward gradient diverge."
+        )
+        for name, p in PRESETS.items()
+    ]
+    return "\n".join(
+        [
+            "presets (every flag given overrides the preset's value):",
+            *presets,
+            wrap(
+                f"The quick preset takes {QUICK_DURATION} on mnist-5k on an idle "
+                "2-core CPU; 7-11 minutes were measured on busy machines. paper "
+                "runs 10x the iterations and 2.5x the seeds (hours)."
+            ),
+            "",
+            "estimators (append -kK for K tangents, e.g. fwd-gaussian-k4):",
+            wrap(" ".join(sorted(_registry.ESTIMATORS))),
+            "optimizers:",
+            wrap(" ".join(sorted(_registry.OPTIMIZERS))),
+            "",
+            wrap(
+                "--dataset mnist without a local copy or internet falls back to the "
+                "5,000-image mnist-5k sample, with a warning; the outputs say "
+                "mnist-5k. An explicit --data-dir is the only place looked: used, "
+                "or refused with an error.",
+                indent="",
+            ),
+            wrap(
+                "Rerunning the same command resumes: runs already in runs.jsonl "
+                "on the same data are skipped. Ctrl-C stops cleanly and keeps the "
+                "finished runs.",
+                indent="",
+            ),
+        ]
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m experiments.mnist_compare",
+        description="Forward gradient vs backprop on MNIST (SGD and Adam).",
+        formatter_class=_HelpFormatter,
+        epilog=_epilog(),
+    )
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="quick", help="grid to run"
+    )
+    parser.add_argument(
+        "--model", choices=MODELS, help=f"model ({_preset_value('model')})"
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="mnist",
+        help="dataset (mnist falls back to mnist-5k offline)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="folder holding the dataset's files (itself or DIR/<dataset>); used or "
+        "refused, never replaced by other data (default: $FWDEQX_DATA_DIR, the "
+        "user cache, system installs, then download)",
+    )
+    parser.add_argument(
+        "--estimators",
+        nargs="+",
+        metavar="SPEC",
+        help=f"estimators ({_preset_value('estimators')}); see the list below",
+    )
+    parser.add_argument(
+        "--optimizers",
+        nargs="+",
+        metavar="NAME",
+        help=f"optimizers ({_preset_value('optimizers')}); see the list below",
+    )
+    parser.add_argument(
+        "--lrs",
+        nargs="+",
+        metavar="LR",
+        help="learning rates for every optimizer, or per optimizer as sgd=1e-3 "
+        f"({_preset_value('lrs')})",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        metavar="N",
+        help=f"training steps per run ({_preset_value('iterations')})",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        metavar="S",
+        help=f"number of seeds, run as 0..S-1 ({_preset_value('seeds')})",
+    )
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        metavar="N",
+        help=f"iterations per record ({_preset_value('eval_every')})",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output folder (default: results/mnist_compare/"
+        "<preset>-<dataset actually used>-<model>)",
+    )
+    return parser
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    preset: str
+    model: str
+    dataset: str
+    data_dir: str | None
+    estimators: tuple[str, ...]
+    optimizers: tuple[str, ...]
+    lrs: dict[str, tuple[float, ...]]
+    divergent_lrs: dict[str, float]
+    iterations: int
+    seeds: int
+    eval_every: int
+    out: str | None
+
+
+def _parse_lrs(
+    values: list[str], optimizers: tuple[str, ...]
+) -> dict[str, tuple[float, ...]]:
+    shared: list[float] = []
+    specific: dict[str, list[float]] = {}
+    for value in values:
+        name, _, number = value.rpartition("=")
+        try:
+            lr = float(number)
+        except ValueError:
+            raise SystemExit(
+                f"error: learning rate {value!r} is not a number"
+            ) from None
+        if not (math.isfinite(lr) and lr > 0):
+            raise SystemExit(f"error: learning rate must be > 0, got {value!r}")
+        if name:
+            if name not in optimizers:
+                raise SystemExit(
+                    f"error: --lrs {value!r} names optimizer {name!r}, not one of "
+                    f"--optimizers {' '.join(optimizers)}"
+                )
+            specific.setdefault(name, []).append(lr)
+        else:
+            shared.append(lr)
+    lrs = {opt: tuple(specific.get(opt, shared)) for opt in optimizers}
+    missing = [opt for opt, rates in lrs.items() if not rates]
+    if missing:
+        raise SystemExit(f"error: no learning rate given for {', '.join(missing)}")
+    return lrs
+
+
+def resolve(args: argparse.Namespace) -> Settings:
+    """Preset defaults overridden by the given flags; exits with a one-line error
+    on any invalid value, before any work starts."""
+    preset = PRESETS[args.preset]
+    estimators = tuple(args.estimators or preset["estimators"])
+    for spec in estimators:
+        try:
+            _registry.make_estimator(spec)
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from None
+    if len(set(estimators)) != len(estimators):
+        raise SystemExit("error: --estimators lists an estimator twice")
+    optimizers = tuple(args.optimizers or preset["optimizers"])
+    for name in optimizers:
+        try:
+            _registry.check_optimizer(name)
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from None
+    if args.lrs:
+        lrs = _parse_lrs(args.lrs, optimizers)
+    else:
+        lrs = {}
+        for opt in optimizers:
+            if opt not in preset["lrs"]:
+                raise SystemExit(
+                    f"error: the {args.preset} preset has no learning rate for "
+                    f"{opt!r}; give one with --lrs {opt}=LR"
+                )
+            lrs[opt] = tuple(preset["lrs"][opt])
+    for flag, value in (
+        ("--iterations", args.iterations),
+        ("--seeds", args.seeds),
+        ("--eval-every", args.eval_every),
+    ):
+        if value is not None and value < 1:
+            raise SystemExit(f"error: {flag} must be a positive integer, got {value}")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise SystemExit(f"error: --data-dir {args.data_dir} is not a directory")
+    iterations = args.iterations or preset["iterations"]
+    eval_every = min(args.eval_every or preset["eval_every"], iterations)
+    divergent = {
+        opt: lr
+        for opt, lr in preset["divergent_lrs"].items()
+        if opt in lrs and lr in lrs[opt]
+    }
+    return Settings(
+        preset=args.preset,
+        model=args.model or preset["model"],
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        estimators=estimators,
+        optimizers=optimizers,
+        lrs=lrs,
+        divergent_lrs=divergent,
+        iterations=iterations,
+        seeds=args.seeds or preset["seeds"],
+        eval_every=eval_every,
+        out=args.out,
+    )

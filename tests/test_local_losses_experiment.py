@@ -1,0 +1,259 @@
+"""The local-losses experiment end to end, on tiny generated IDX data."""
+
+import csv
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+from experiments import _local_train, local_losses
+
+from fwdeqx import data
+
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_OUTPUTS = (
+    "config.json",
+    "runs.jsonl",
+    "summary.csv",
+    "report.md",
+    "accuracy_vs_epoch.png",
+    "accuracy_vs_time.png",
+)
+
+
+def _write_idx_dataset(folder, seed: int = 0, flip_label: bool = False):
+    """256 training and 100 test images, learnable: a bright 7x7 block whose
+    position encodes the label, plus noise."""
+    rng = np.random.default_rng(seed)
+    for prefix, count in (("train", 256), ("t10k", 100)):
+        labels = rng.integers(0, 10, count).astype(np.uint8)
+        if flip_label and prefix == "train":
+            labels[0] = (labels[0] + 1) % 10
+        images = rng.integers(0, 60, (count, 28, 28), dtype=np.uint8)
+        for index, label in enumerate(labels):
+            row, col = divmod(int(label), 4)
+            images[index, 7 * row : 7 * row + 7, 7 * col : 7 * col + 7] = 255
+        data.write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
+        data.write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    return _write_idx_dataset(tmp_path_factory.mktemp("idx"))
+
+
+_MLP = ("--model", "mlp", "--width", "32", "--depth", "2", "--groups", "4")
+
+
+def _args(idx_dir, out, *extra, arch=_MLP):
+    return [
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        str(idx_dir),
+        *arch,
+        "--batch-size",
+        "32",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def _read_runs(out):
+    return [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def finished(idx_dir, tmp_path_factory):
+    """One full CLI run: backprop and LG-FG-A, 2 seeds, 2 epochs of 8 steps."""
+    out = tmp_path_factory.mktemp("out")
+    args = _args(
+        idx_dir, out, "--methods", "backprop,lg-fg-a", "--epochs", "2", "--seeds", "2"
+    )
+    mask = os.umask(0o022)
+    try:
+        local_losses.main(args)
+    finally:
+        os.umask(mask)
+    return out, args
+
+
+def test_outputs_present_and_well_formed(finished):
+    out, _ = finished
+    for name in _OUTPUTS:
+        path = out / name
+        assert path.is_file(), name
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, name
+    for name in _OUTPUTS[-2:]:
+        assert (out / name).read_bytes()[:8] == _PNG_MAGIC
+    config = json.loads((out / "config.json").read_text())
+    assert config["dataset"]["name"] == "fashion-mnist"
+    assert config["dataset"]["num_train"] == 256
+    assert config["dataset"]["num_test"] == 100
+    assert set(config["methods"]) == {"backprop", "lg-fg-a"}
+    assert config["methods"]["lg-fg-a"]["objective"] == "LocalLoss"
+    assert config["methods"]["backprop"]["lr"] > 0
+    runs = _read_runs(out)
+    assert len(runs) == 4
+    for run in runs:
+        assert run["history"]["epoch"] == [1, 2]
+        assert run["steps"] == 16
+        assert len(run["history"]["test_acc"]) == 2
+        assert run["dataset"]["fingerprint"] == config["dataset"]["fingerprint"]
+
+
+def test_summary_columns_and_ranges(finished):
+    out, _ = finished
+    with (out / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    required = {"method", "model", "seed", "test_acc", "test_loss", "train_acc"}
+    assert required | {"epochs", "wall_s"} <= set(rows[0])
+    assert sorted((r["method"], r["seed"]) for r in rows) == [
+        ("backprop", "0"),
+        ("backprop", "1"),
+        ("lg-fg-a", "0"),
+        ("lg-fg-a", "1"),
+    ]
+    for row in rows:
+        assert row["model"] == "mlp"
+        assert row["epochs"] == "2"
+        assert 0.0 <= float(row["test_acc"]) <= 1.0
+        assert 0.0 <= float(row["train_acc"]) <= 1.0
+        assert float(row["test_loss"]) > 0
+        assert float(row["wall_s"]) > 0
+    backprop = [float(r["train_acc"]) for r in rows if r["method"] == "backprop"]
+    assert min(backprop) > 0.3  # learnable data: far above chance (0.1)
+
+
+def test_report_table(finished):
+    out, _ = finished
+    report = (out / "report.md").read_text()
+    assert "Table 3" in report
+    assert "| BP (end to end) |" in report
+    assert "| LG-FG-A |" in report
+    assert "±" in report  # two seeds: mean ± std
+    assert "accuracy_vs_epoch.png" in report
+    assert "experiments.local_losses" in report
+
+
+def test_resume_skips_finished_runs(finished, monkeypatch, capsys):
+    out, args = finished
+    before = (out / "runs.jsonl").read_text()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(_local_train, "train_run", fail)
+    local_losses.main(args)
+    assert (out / "runs.jsonl").read_text() == before
+    assert capsys.readouterr().out.count("skipped") == 4
+
+
+def test_resume_with_other_data_does_not_skip(tmp_path, capsys):
+    """Same command, same folder, one training label changed: the run is redone."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = _write_idx_dataset(tmp_path / "a")
+    second = _write_idx_dataset(tmp_path / "b", flip_label=True)
+    common = ("--methods", "backprop", "--epochs", "1", "--seeds", "1")
+    out = tmp_path / "out"
+    local_losses.main(_args(first, out, *common))
+    local_losses.main(_args(second, out, *common))
+    runs = _read_runs(out)
+    assert len(runs) == 2
+    assert runs[0]["run_id"] != runs[1]["run_id"]
+    assert "skipped" not in capsys.readouterr().out
+    # The summary describes the data of the last command only.
+    with (out / "summary.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 1
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--methods", "backprop,lg-fg-x"), "'lg-fg-x'"),
+        (("--methods", "backprop,backprop"), "twice"),
+        (("--lr", "nope=1e-3"), "METHOD=LR"),
+        (("--lr", "backprop=-1"), "> 0"),
+        (("--epochs", "0"), "--epochs must be a positive integer"),
+        (("--model", "cnn", "--width", "8"), "--width does not apply"),
+        (("--model", "mixer", "--channels", "8"), "--channels does not apply"),
+        (("--model", "cnn", "--channels", "8,x"), "positive integers"),
+        (("--width", "30", "--groups", "4"), "--groups 4 must divide"),
+    ],
+)
+def test_bad_input_is_a_clear_error(idx_dir, tmp_path, extra, message):
+    with pytest.raises(SystemExit) as error:
+        local_losses.main(_args(idx_dir, tmp_path / "out", *extra, arch=()))
+    assert message in str(error.value)
+    assert str(error.value).startswith("error: ")
+    assert not (tmp_path / "out" / "runs.jsonl").exists()
+
+
+def test_missing_data_dir_is_refused(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as error:
+        local_losses.main(_args(empty, tmp_path / "out", "--methods", "backprop"))
+    assert "error:" in str(error.value)
+    assert str(empty) in str(error.value)
+    assert "missing" in str(error.value)  # the whole message, not its first line
+    assert not (tmp_path / "out").exists()  # no empty output folder left behind
+
+
+def test_interrupt_exits_130(idx_dir, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_local_train, "train_run", interrupted)
+    with pytest.raises(SystemExit) as error:
+        local_losses.main(_args(idx_dir, tmp_path / "out", "--methods", "backprop"))
+    assert error.value.code == 130
+    assert "rerun the same command to resume" in capsys.readouterr().err
+
+
+def test_help_lists_defaults_and_presets(capsys):
+    with pytest.raises(SystemExit) as error:
+        local_losses.main(["--help"])
+    assert error.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: quick)" in text
+    assert "'quick' = MLP" in text
+    assert "lg-fg-a" in text
+    assert "backprop=0.001" in text
+
+
+def test_one_seed_report_says_so(idx_dir, tmp_path):
+    out = tmp_path / "out"
+    local_losses.main(
+        _args(idx_dir, out, "--methods", "backprop", "--epochs", "1", "--seeds", "1")
+    )
+    report = (out / "report.md").read_text()
+    assert "One seed" in report
+    table = [line for line in report.split("## Details")[0].splitlines() if "|" in line]
+    assert table and not any("±" in line for line in table)
+
+
+@pytest.mark.slow
+def test_mixer_trains(idx_dir, tmp_path):
+    """The LocalMixer through the whole CLI (the CNN shares every code path but the
+    builder call, and compiles slowly)."""
+    arch = ("--model", "mixer", "--width", "8", "--depth", "1", "--groups", "2")
+    out = tmp_path / "out"
+    local_losses.main(
+        _args(idx_dir, out, "--methods", "lg-fg-a", "--epochs", "1", arch=arch)
+    )
+    with (out / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["model"] for r in rows] == [arch[1]]
+    assert all(0.0 <= float(r["test_acc"]) <= 1.0 for r in rows)
+
+
+def test_chunk_sizes():
+    assert _local_train.chunk_sizes(937) == [188, 188, 187, 187, 187]
+    assert _local_train.chunk_sizes(8) == [8]
+    assert sum(_local_train.chunk_sizes(401)) == 401
