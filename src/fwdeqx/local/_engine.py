@@ -94,10 +94,11 @@ def _copy_losses(
     """The head's loss once per channel group, group g's copy carrying only group
     g's tangent; and the pooled features.
 
-    Every copy has the head's logits as its value. Heads carry no tangent of their
-    own, so copy g's logits tangent is `W[:, g] ṗ[g]`: the head's weight times the
-    features' tangent, summed within each channel group, at the cost of one more
-    head evaluation rather than G of them.
+    Every copy has the loss's value. Heads carry no tangent of their own, so copy
+    g's logits tangent is `W[:, g] ṗ[g]` (the head's weight times the features'
+    tangent, summed within channel group g), and its loss tangent that times the
+    loss's gradient with respect to the logits: one head evaluation and one loss
+    gradient, rather than G of each.
     """
     pooled = head.pool(h)
     logits = head.linear(pooled)
@@ -107,8 +108,8 @@ def _copy_losses(
     weight = head.linear.weight
     tangent_only = pooled - jax.lax.stop_gradient(pooled)  # value 0, tangent ṗ
     by_group = (weight * tangent_only[None]).reshape(len(weight), groups, -1).sum(-1)
-    copies = jax.lax.stop_gradient(logits)[None] + by_group.T
-    return jax.vmap(loss, in_axes=(0, None))(copies, y), pooled
+    value, dlogits = jax.value_and_grad(loss)(jax.lax.stop_gradient(logits), y)
+    return value + dlogits @ by_group, pooled
 
 
 def forward(
