@@ -136,17 +136,6 @@ def plans(quick: bool) -> list[Plan]:
     ]
 
 
-def make_step(objective: Any, estimator: Any, optimizer: optax.GradientTransformation):
-    @eqx.filter_jit
-    def step(model, opt_state, x, y, key):
-        value, grads = estimator(objective, model, x, y, key=key)
-        params = eqx.filter(model, eqx.is_inexact_array)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return eqx.apply_updates(model, updates), opt_state, value
-
-    return step
-
-
 class Runner:
     """One step of a variant on fixed inputs, with a fresh key every call."""
 
@@ -155,7 +144,8 @@ class Runner:
         self.x, self.y, self.keys = x, y, keys
 
     def __call__(self):
-        return self.step(self.model, self.opt_state, self.x, self.y, next(self.keys))
+        batch = (self.x, self.y)
+        return self.step(self.model, self.opt_state, batch, next(self.keys))
 
 
 def run_plan(plan: Plan, key: jax.Array) -> dict[str, Any]:
@@ -169,7 +159,7 @@ def run_plan(plan: Plan, key: jax.Array) -> dict[str, Any]:
     runners = {}
     for name in plan.variants:
         objective, estimator = METHODS[name]()
-        step = make_step(objective, estimator, optimizer)
+        step = fwdeqx.make_step(objective, optimizer, estimator)
         runners[name] = Runner(step, model, opt_state, x, y, itertools.cycle(keys))
     timings = time_round_robin(
         runners, steps=plan.steps, warmup=plan.warmup, block=plan.block
