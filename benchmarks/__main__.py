@@ -17,9 +17,12 @@ from ._report import render_markdown
 from ._timing import environment
 
 
-SUITES = ("steps", "memory", "quality", "pipeline", "loop", "distributed", "local")
+SUITES = (
+    "steps", "memory", "quality", "pipeline", "loop", "distributed", "local",
+    "batched",
+)  # fmt: skip
 # Suites owned by other benchmarks: skipped with a note when not (yet) present.
-OPTIONAL = ("pipeline", "loop", "distributed", "local")
+OPTIONAL = ("pipeline", "loop", "distributed", "local", "batched")
 
 
 def run_suite(name: str, quick: bool) -> dict[str, Any]:

@@ -118,11 +118,32 @@ def _local_tables(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _batched_table(result: dict[str, Any]) -> list[str]:
+    """Seeds per second, batched against one run at a time."""
+    lines = [
+        f"### batched: {result['seeds']} seeds of a {result['model']} cell (SGD, "
+        f"batch {result['batch_size']}), chunks of {result['steps_per_chunk']} "
+        f"steps, median of {result['rounds']} rounds",
+        "",
+        "| estimator | alone ms/seed-step | batched ms/seed-step | "
+        "batched / alone seeds per second |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, row in result["estimators"].items():
+        ms = row["ms_per_seed_step"]
+        lines.append(
+            f"| {name} | {ms['alone']:.2f} | {ms['batched']:.2f} | "
+            f"{row['batched_over_alone']:.2f} |"
+        )
+    return [*lines, ""]
+
+
 RENDERERS = {
     "steps": _steps_tables,
     "memory": _memory_tables,
     "quality": _quality_table,
     "local": _local_tables,
+    "batched": _batched_table,
 }
 
 

@@ -25,7 +25,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "paper": {
         "model": "mlp",
-        "estimators": ["backprop", "fwd-gaussian"],
+        # The paper's dense Gaussian tangent, drawn by the counter-based hash
+        # generator: the same N(0, I) distribution, 1.8x cheaper per forward step
+        # than threefry on CPU (docs/mnist.md, "The paper grid").
+        "estimators": ["backprop", "fwd-gaussian-hash"],
         "optimizers": ["sgd", "adam"],
         "lrs": {"sgd": [1e-4, 3e-4, 3e-3], "adam": [1e-4, 1e-3]},
         "divergent_lrs": {"sgd": 3e-3},
@@ -78,6 +81,7 @@ def _preset_value(key: str) -> str:
 
 
 QUICK_DURATION = "about 5 minutes"  # derived from step times: docs/mnist.md, "How long"
+PAPER_DURATION = "about 2 hours"  # measured: docs/mnist.md, "The paper grid"
 
 
 def _epilog() -> str:
@@ -108,7 +112,9 @@ def _epilog() -> str:
             wrap(
                 f"The quick preset takes {QUICK_DURATION} on mnist-5k on an idle "
                 "2-core CPU; 7-11 minutes were measured on busy machines. paper "
-                "runs 10x the iterations and 2.5x the seeds (hours)."
+                f"took {PAPER_DURATION} on a 2-core CPU (docs/mnist.md). "
+                "fwd-gaussian-hash is the paper's Gaussian tangent drawn by a "
+                "faster generator, same distribution."
             ),
             "",
             "estimators (append -kK for K tangents, e.g. fwd-gaussian-k4):",
@@ -197,6 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"iterations per record ({_preset_value('eval_every')})",
     )
     parser.add_argument(
+        "--batch-runs",
+        default="auto",
+        metavar="N",
+        help="runs trained together as one vmapped computation: the seeds and "
+        "learning rates of one (optimizer, estimator) cell, at most N at a time; 1 "
+        "trains one run at a time; auto is 1 on CPU (where batching measured "
+        "slower: docs/mnist.md) and a whole cell on GPU/TPU",
+    )
+    parser.add_argument(
         "--out",
         metavar="DIR",
         help="output folder (default: results/mnist_compare/"
@@ -218,6 +233,8 @@ class Settings:
     iterations: int
     seeds: int
     eval_every: int
+    batch_runs: int | None
+    """Runs per batched computation; `None`: a whole cell."""
     out: str | None
 
 
@@ -288,6 +305,7 @@ def resolve(args: argparse.Namespace) -> Settings:
     ):
         if value is not None and value < 1:
             raise SystemExit(f"error: {flag} must be a positive integer, got {value}")
+    batch_runs = _parse_batch_runs(args.batch_runs)
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise SystemExit(f"error: --data-dir {args.data_dir} is not a directory")
     iterations = args.iterations or preset["iterations"]
@@ -309,5 +327,23 @@ def resolve(args: argparse.Namespace) -> Settings:
         iterations=iterations,
         seeds=args.seeds or preset["seeds"],
         eval_every=eval_every,
+        batch_runs=batch_runs,
         out=args.out,
     )
+
+
+def _parse_batch_runs(value: str) -> int | None:
+    """`--batch-runs`: a positive integer, or `auto` (see `auto_max_members`)."""
+    if value == "auto":
+        from ._mnist_batched import auto_max_members
+
+        return auto_max_members()
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise SystemExit(
+            f"error: --batch-runs must be a positive integer or auto, got {value!r}"
+        )
+    return number

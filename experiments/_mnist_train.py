@@ -97,6 +97,7 @@ def train_run(*args: Any, **kwargs: Any) -> dict[str, Any]:
 @dataclasses.dataclass
 class _Prepared:
     params: PyTree
+    static: PyTree
     opt_state: Any
     train_key: PRNGKeyArray
     chunk_fn: Any
@@ -135,7 +136,9 @@ def _prepare(config: RunConfig, dataset: Any, to_float, cache: dict) -> _Prepare
             ),
         )
     chunk_fn, compiled, evaluate = cache[cache_key]
-    return _Prepared(params, opt_state, train_key, chunk_fn, compiled, evaluate, layout)
+    return _Prepared(
+        params, static, opt_state, train_key, chunk_fn, compiled, evaluate, layout
+    )
 
 
 def _compile(prepared: _Prepared, xs, ys) -> tuple[Any, float]:
@@ -183,30 +186,12 @@ def _train_run(
     params, opt_state = prepared.params, prepared.opt_state
     initial_val_loss, initial_val_accuracy = prepared.evaluate(params)
 
-    sizes = [config.eval_every] * (config.iterations // config.eval_every)
-    if config.iterations % config.eval_every:
-        sizes.append(config.iterations % config.eval_every)
-    batch_iter = iter(
-        batches(
-            dataset.train_images,
-            dataset.train_labels,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            num_steps=config.iterations,
-            layout=prepared.layout,
-        )
-    )
-    chunks = stacked_chunks(batch_iter, sizes)
+    sizes = chunk_sizes(config)
+    chunks = run_chunks(config, dataset, batches, prepared.layout)
 
     compile_time = 0.0
     train_time = 0.0
-    record: dict[str, list] = {
-        "iteration": [],
-        "train_loss": [],
-        "val_loss": [],
-        "val_accuracy": [],
-        "time": [],
-    }
+    record = new_curves()
     threshold = math.inf
     diverged_at: int | None = None
     done = 0
@@ -235,29 +220,97 @@ def _train_run(
             break
         done += size
         val_loss, val_accuracy = prepared.evaluate(params)
-        record["iteration"].append(done)
-        record["train_loss"].append(float(np.mean(losses)))
-        record["val_loss"].append(finite_or_none(val_loss))
-        record["val_accuracy"].append(val_accuracy)
-        record["time"].append(train_time)
+        add_point(record, done, losses, (val_loss, val_accuracy), train_time)
         if bar is not None:
             bar.update(size)
             bar.set_postfix(loss=f"{float(losses[-1]):.4f}", val=f"{val_loss:.4f}")
     if bar is not None:
         bar.close()
 
+    return run_record(
+        config,
+        dataset,
+        initial=(initial_val_loss, initial_val_accuracy),
+        curves=record,
+        compile_time=compile_time,
+        train_time=train_time,
+        diverged_at=diverged_at,
+    )
+
+
+def chunk_sizes(config: RunConfig) -> list[int]:
+    """Steps per chunk: `eval_every` each, the remainder last."""
+    sizes = [config.eval_every] * (config.iterations // config.eval_every)
+    if config.iterations % config.eval_every:
+        sizes.append(config.iterations % config.eval_every)
+    return sizes
+
+
+def run_chunks(
+    config: RunConfig, dataset: Any, batches: Callable[..., Iterator], layout: str
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The run's batches (its seed's order), stacked one chunk at a time."""
+    batch_iter = batches(
+        dataset.train_images,
+        dataset.train_labels,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        num_steps=config.iterations,
+        layout=layout,
+    )
+    return stacked_chunks(iter(batch_iter), chunk_sizes(config))
+
+
+def new_curves() -> dict[str, list]:
+    """The empty curves of a run record, filled once per `eval_every` steps."""
+    return {
+        "iteration": [],
+        "train_loss": [],
+        "val_loss": [],
+        "val_accuracy": [],
+        "time": [],
+    }
+
+
+def add_point(
+    curves: dict[str, list],
+    iteration: int,
+    losses: np.ndarray,
+    evaluation: tuple[float, float],
+    train_time: float,
+) -> None:
+    """Append one record point: the chunk's mean training loss, the validation
+    loss and accuracy after it, and the cumulative training time."""
+    curves["iteration"].append(iteration)
+    curves["train_loss"].append(float(np.mean(losses)))
+    curves["val_loss"].append(finite_or_none(evaluation[0]))
+    curves["val_accuracy"].append(evaluation[1])
+    curves["time"].append(train_time)
+
+
+def run_record(
+    config: RunConfig,
+    dataset: Any,
+    *,
+    initial: tuple[float, float],
+    curves: dict[str, list],
+    compile_time: float,
+    train_time: float,
+    diverged_at: int | None,
+) -> dict[str, Any]:
+    """A finished run as one JSON-ready line of `runs.jsonl`."""
     diverged = diverged_at is not None
     return {
         "run_id": config.run_id,
         "config": dataclasses.asdict(config),
         "dataset": dataset.name,
-        "initial_val_loss": finite_or_none(initial_val_loss),
-        "initial_val_accuracy": initial_val_accuracy,
-        **record,
+        "initial_val_loss": finite_or_none(initial[0]),
+        "initial_val_accuracy": initial[1],
+        **curves,
         "compile_time": compile_time,
         "train_time": train_time,
-        "final_val_loss": None if diverged else record["val_loss"][-1],
-        "final_val_accuracy": None if diverged else record["val_accuracy"][-1],
+        "final_val_loss": None if diverged else curves["val_loss"][-1],
+        "final_val_accuracy": None if diverged else curves["val_accuracy"][-1],
         "diverged": diverged,
         "diverged_at": diverged_at,
     }

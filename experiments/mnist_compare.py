@@ -205,17 +205,36 @@ def _status(record: dict[str, Any]) -> str:
 TIMING_ROUNDS = 7
 
 
+def train_cells_runs(cell: list, dataset: Any, cache: dict) -> list[dict[str, Any]]:
+    """The records of one cell's runs: one run alone, or several batched."""
+    from tqdm import tqdm
+
+    from fwdeqx import data
+
+    from ._mnist_batched import train_cell
+    from ._mnist_train import train_run
+
+    options = {
+        "batches": data.batches,
+        "to_float": data.to_float,
+        "progress": lambda **kw: tqdm(leave=False, file=sys.stderr, **kw),
+        "cache": cache,
+    }
+    if len(cell) == 1:
+        return [train_run(cell[0], dataset, **options)]
+    return train_cell(cell, dataset, **options)
+
+
 def run(argv: list[str]) -> None:
     """The experiment; see the module docstring. `main` adds clean Ctrl-C."""
     settings = resolve(build_parser().parse_args(argv))
     if settings.out:
         check_output_dir(settings.out)
 
-    from tqdm import tqdm
-
     from fwdeqx import data
 
-    from ._mnist_train import measure_step_times, train_run
+    from ._mnist_batched import group_cells
+    from ._mnist_train import measure_step_times
 
     dataset = load_data(settings)
     # Created only once the data loaded: a failure leaves no empty folder behind.
@@ -256,24 +275,26 @@ def run(argv: list[str]) -> None:
             flush=True,
         )
     cache: dict = {}
-    runs = []
-    for index, run_config in enumerate(configs):
-        record = finished.get(run_config.run_id)
-        if record is None:
-            record = train_run(
-                run_config,
-                dataset,
-                batches=data.batches,
-                to_float=data.to_float,
-                progress=lambda **kw: tqdm(leave=False, file=sys.stderr, **kw),
-                cache=cache,
+    records = {c.run_id: finished[c.run_id] for c in configs if c.run_id in finished}
+    position = {c.run_id: index + 1 for index, c in enumerate(configs)}
+    for run_config in configs:
+        if run_config.run_id in records:
+            print(
+                f"[{position[run_config.run_id]}/{len(configs)}] "
+                f"{run_config.run_id}: already in runs.jsonl, skipped",
+                flush=True,
             )
+    pending = [c for c in configs if c.run_id not in records]
+    for cell in group_cells(pending, settings.batch_runs):
+        for record in train_cells_runs(cell, dataset, cache):
             append_jsonl(runs_path, record)
-            status = _status(record)
-        else:
-            status = "already in runs.jsonl, skipped"
-        print(f"[{index + 1}/{len(configs)}] {run_config.run_id}: {status}", flush=True)
-        runs.append(record)
+            records[record["run_id"]] = record
+            print(
+                f"[{position[record['run_id']]}/{len(configs)}] {record['run_id']}: "
+                f"{_status(record)}",
+                flush=True,
+            )
+    runs = [records[c.run_id] for c in configs]
 
     print(
         f"timing the steps: {TIMING_ROUNDS} interleaved rounds of "

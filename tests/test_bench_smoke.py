@@ -74,3 +74,21 @@ def test_collective_bytes_parses_hlo():
     assert totals["all-reduce"] == 5 * 4 + (48 + 8) * 4 + 6 * 2
     assert totals["all-gather"] == 16 * 4
     assert totals["reduce-scatter"] == totals["all-to-all"] == 0
+
+
+def test_batched_suite_reports_seeds_per_second(tmp_path):
+    """The batched-vs-alone suite runs both ways on the same seeds and reports the
+    rate ratio (its value is a measurement, not asserted)."""
+    assert bench.main(["--quick", "--out", str(tmp_path), "--only", "batched"]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    suite = report["suites"]["batched"]
+    assert suite["status"] == "ok", suite
+    rows = suite["result"]["estimators"]
+    assert set(rows) == {"backprop", "fwd-gaussian", "fwd-gaussian-hash"}
+    for row in rows.values():
+        rates = row["seed_steps_per_s"]
+        assert rates["alone"] > 0 and rates["batched"] > 0
+        assert row["batched_over_alone"] == pytest.approx(
+            rates["batched"] / rates["alone"]
+        )
+    assert "batched / alone seeds per second" in (tmp_path / "bench.md").read_text()

@@ -212,6 +212,35 @@ def test_resume_skips_finished_runs(finished, capsys):
         assert rerun[key] == original[key]
 
 
+def test_cli_batched_grid_matches_and_resumes_by_cell(finished, tmp_path, capsys):
+    from .test_mnist_batched import assert_same_run
+
+    """The `finished` grid again with --batch-runs 8: the same records up to
+    rounding (divergence included); three lost runs are redone
+    (batched by cell)."""
+    reference, args = finished
+    out = tmp_path / "batched"
+    batched_args = [*args, "--batch-runs", "8"]
+    batched_args[args.index("--out") + 1] = str(out)
+    mnist_compare.main(batched_args)
+    alone = {run["run_id"]: run for run in _read_runs(reference)}
+    batched = _read_runs(out)
+    assert sorted(run["run_id"] for run in batched) == sorted(alone)
+    for run in batched:
+        assert_same_run(run, alone[run["run_id"]])
+    assert json.loads((out / "config.json").read_text())["batch_runs"] == 8
+
+    lines = (out / "runs.jsonl").read_text().splitlines(keepends=True)
+    (out / "runs.jsonl").write_text("".join(lines[:-3]))
+    capsys.readouterr()
+    mnist_compare.main(batched_args)
+    assert capsys.readouterr().out.count("already in runs.jsonl, skipped") == 9
+    redone = (out / "runs.jsonl").read_text().splitlines(keepends=True)
+    assert len(redone) == 12
+    for run in map(json.loads, redone[-3:]):
+        assert_same_run(run, alone[run["run_id"]])
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -228,6 +257,8 @@ def test_resume_skips_finished_runs(finished, capsys):
         (["--optimizers", "lbfgs"], "unknown optimizer 'lbfgs'"),
         (["--data-dir", "/nonexistent/fwdeqx"], "is not a directory"),
         (["--preset", "huge"], "invalid choice"),
+        (["--batch-runs", "0"], "--batch-runs must be a positive integer or auto"),
+        (["--batch-runs", "all"], "--batch-runs must be a positive integer or auto"),
     ],
 )
 def test_invalid_arguments_exit_with_one_line(extra, message, tmp_path, monkeypatch):
