@@ -54,6 +54,23 @@ def time_round_robin(
     return {name: summarize(samples[name]) for name in names}
 
 
+def median_of_self_timed(
+    runners: dict[str, Callable[[], float]], rounds: int
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Median seconds of runners that time themselves (each call returns its own
+    seconds), after one untimed call each, over `rounds` interleaved rounds in
+    alternating order. Returns the medians and every round's seconds."""
+    for runner in runners.values():  # first calls compile and allocate
+        runner()
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for round_index in range(rounds):
+        names = list(runners) if round_index % 2 == 0 else list(runners)[::-1]
+        for name in names:
+            samples[name].append(runners[name]())
+    medians = {name: float(np.median(values)) for name, values in samples.items()}
+    return medians, samples
+
+
 def _is_array_like(leaf: object) -> bool:
     return isinstance(leaf, jax.Array | jax.ShapeDtypeStruct)
 

@@ -15,7 +15,6 @@ Evaluation and data loading are the same work either way and are left out.
 `run()` writes no files.
 """
 
-import statistics
 import time
 from typing import Any
 
@@ -23,6 +22,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ._timing import median_of_self_timed
 
 
 ESTIMATORS = ("backprop", "fwd-gaussian", "fwd-gaussian-hash")
@@ -92,14 +93,7 @@ def _runners(estimator: str, model: str, seeds: int, steps: int) -> dict[str, An
 
 def _measure(estimator: str, model: str, seeds: int, steps: int, rounds: int):
     runners = _runners(estimator, model, seeds, steps)
-    for runner in runners.values():  # first calls pay for allocations
-        runner()
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    for round_index in range(rounds):
-        names = list(runners) if round_index % 2 == 0 else list(runners)[::-1]
-        for name in names:
-            samples[name].append(runners[name]())
-    seconds = {name: statistics.median(values) for name, values in samples.items()}
+    seconds, samples = median_of_self_timed(runners, rounds)
     rates = {name: seeds * steps / value for name, value in seconds.items()}
     return {
         "seconds": seconds,

@@ -18,7 +18,6 @@ interleaved rounds so that drift of the machine hits them alike:
 `run()` writes no files.
 """
 
-import statistics
 import time
 import types
 from typing import Any
@@ -26,6 +25,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ._timing import median_of_self_timed
 
 
 GOAL = 0.10
@@ -111,14 +112,7 @@ def _measure(estimator: str, dataset, steps: int, repeats: int) -> dict[str, Any
             step, model, opt_state, batch_iter, jax.random.key(2), steps
         ),
     }
-    for runner in runners.values():  # warm-up: compilation
-        runner()
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    for round_index in range(repeats):
-        names = list(runners) if round_index % 2 == 0 else list(runners)[::-1]
-        for name in names:
-            samples[name].append(runners[name]())
-    per_step = {name: statistics.median(values) for name, values in samples.items()}
+    per_step, samples = median_of_self_timed(runners, repeats)
     raw = per_step["raw"]
     return {
         "raw_ms": 1e3 * raw,

@@ -44,6 +44,7 @@ from ._runs import (
     make_chunk_fn,
     make_evaluate,
     stacked_chunks,
+    under_standard_promotion,
 )
 
 
@@ -205,14 +206,8 @@ class _Shared:
     evaluate_train: Callable
 
 
-def train_run(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """See `_train_run`; traced under standard dtype promotion (optax's Adam mixes
-    its int32 step count with float constants, which strict promotion rejects)."""
-    with jax.numpy_dtype_promotion("standard"):
-        return _train_run(*args, **kwargs)
-
-
-def _train_run(
+@under_standard_promotion
+def train_run(
     config: RunConfig,
     dataset: Any,
     *,

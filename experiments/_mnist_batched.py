@@ -45,6 +45,7 @@ from ._mnist_train import (
     run_chunks,
     run_record,
 )
+from ._runs import under_standard_promotion
 
 
 def cell_key(config: RunConfig) -> RunConfig:
@@ -169,13 +170,8 @@ def _member_chunks(
         )
 
 
-def train_cell(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-    """See `_train_cell` (standard dtype promotion, as `_mnist_train.train_run`)."""
-    with jax.numpy_dtype_promotion("standard"):
-        return _train_cell(*args, **kwargs)
-
-
-def _train_cell(
+@under_standard_promotion
+def train_cell(
     configs: list[RunConfig],
     dataset: Any,
     *,

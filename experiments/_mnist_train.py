@@ -29,6 +29,7 @@ from ._runs import (
     make_chunk_fn,
     make_evaluate,
     stacked_chunks,
+    under_standard_promotion,
 )
 
 
@@ -85,13 +86,6 @@ def first_divergent_step(losses: np.ndarray, threshold: float) -> int | None:
     """Index of the first loss that is non-finite or above `threshold`, if any."""
     bad = ~np.isfinite(losses) | (losses > threshold)
     return int(np.argmax(bad)) if bad.any() else None
-
-
-def train_run(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """See `_train_run`; traced under standard dtype promotion (optax's Adam mixes
-    its int32 step count with float constants, which strict promotion rejects)."""
-    with jax.numpy_dtype_promotion("standard"):
-        return _train_run(*args, **kwargs)
 
 
 @dataclasses.dataclass
@@ -153,7 +147,8 @@ def _compile(prepared: _Prepared, xs, ys) -> tuple[Any, float]:
     return prepared.compiled[size], time.perf_counter() - start
 
 
-def _train_run(
+@under_standard_promotion
+def train_run(
     config: RunConfig,
     dataset: Any,
     *,
@@ -316,13 +311,8 @@ def run_record(
     }
 
 
-def measure_step_times(*args: Any, **kwargs: Any) -> dict[str, dict[str, Any]]:
-    """See `_measure_step_times` (standard dtype promotion, as `train_run`)."""
-    with jax.numpy_dtype_promotion("standard"):
-        return _measure_step_times(*args, **kwargs)
-
-
-def _measure_step_times(
+@under_standard_promotion
+def measure_step_times(
     configs: list[RunConfig],
     dataset: Any,
     *,

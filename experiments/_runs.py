@@ -1,6 +1,7 @@
 """Pieces every training experiment shares: a run's data identity, whole-split
 evaluation, and cutting a batch stream into `lax.scan` chunks."""
 
+import functools
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,6 +16,19 @@ import fwdeqx
 
 
 EVAL_BATCH = 1000
+
+
+def under_standard_promotion(fn: Callable) -> Callable:
+    """`fn`, traced under standard dtype promotion: optax's Adam mixes its int32
+    step count with float constants, which the strict promotion of the tests
+    rejects."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with jax.numpy_dtype_promotion("standard"):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def data_identity(dataset: Any) -> str:

@@ -396,6 +396,32 @@ def _write_idx(folder, train, test, seed=0, noise=False):
     return folder
 
 
+def test_paper_command_on_real_mnist_files(tmp_path, capsys):
+    """The documented real-MNIST command (`--preset paper --dataset mnist
+    --data-dir DIR`, DIR holding the four gzipped IDX files under their download
+    names) runs unchanged; only the run length is shrunk here."""
+    import gzip
+
+    raw = _write_idx(tmp_path / "raw", train=128, test=64)
+    mnist_dir = tmp_path / "MNIST"
+    mnist_dir.mkdir()
+    for path in raw.iterdir():
+        (mnist_dir / f"{path.name}.gz").write_bytes(gzip.compress(path.read_bytes()))
+    out = tmp_path / "out"
+    mnist_compare.main([
+        "--preset", "paper", "--dataset", "mnist", "--data-dir", str(mnist_dir),
+        "--model", "logreg", "--iterations", "20", "--eval-every", "10",
+        "--seeds", "1", "--optimizers", "sgd", "--out", str(out),
+    ])  # fmt: skip
+    runs = _read_runs(out)
+    assert {r["config"]["estimator"] for r in runs} == {"backprop", "fwd-gaussian-hash"}
+    assert {r["config"]["lr"] for r in runs} == {1e-4, 3e-4, 3e-3}
+    assert all(r["dataset"] == "mnist" for r in runs)
+    config = json.loads((out / "config.json").read_text())
+    assert config["dataset"]["source"].startswith(str(mnist_dir))
+    assert config["dataset"]["num_train"] == 128
+
+
 def test_resume_never_counts_runs_on_other_data(idx_dir, tmp_path, capsys):
     """Same command and --out, another --data-dir (other images, other sizes): the
     runs made on the first data are not counted; the report names the new data."""
