@@ -192,6 +192,8 @@ def train_cell(
     time divided by the members computed in it); the compile time is the first
     member's.
     """
+    if not configs:
+        raise ValueError("train_cell: no runs given")
     if len({cell_key(c) for c in configs}) != 1:
         raise ValueError("train_cell: the configs differ in more than seed and lr")
     cache = {} if cache is None else cache

@@ -134,6 +134,8 @@ def test_group_cells_keeps_grid_order_and_splits_large_cells():
         _mnist_batched.group_cells(configs, 0)
     with pytest.raises(ValueError, match="more than seed and lr"):
         _mnist_batched.train_cell(configs[:3], None, batches=None, to_float=None)
+    with pytest.raises(ValueError, match="no runs"):
+        _mnist_batched.train_cell([], None, batches=None, to_float=None)
 
 
 def test_auto_batches_whole_cells_on_accelerators_only():
