@@ -41,7 +41,10 @@ def _runners(estimator: str, model: str, seeds: int, steps: int) -> dict[str, An
               "lr": 1e-4, "estimator": estimator, "iterations": steps,
               "eval_every": steps}  # fmt: skip
     configs = [_mnist_train.RunConfig(seed=seed, **shared) for seed in range(seeds)]
-    prepared = [_mnist_train._prepare(c, dataset, data.to_float, {}) for c in configs]
+    cache: dict = {}  # the seeds share one jitted chunk, as in the experiment
+    prepared = [
+        _mnist_train._prepare(c, dataset, data.to_float, cache) for c in configs
+    ]
     layout = configs[0].layout()
     chunks = [
         next(_mnist_train.run_chunks(c, dataset, data.batches, layout)) for c in configs
