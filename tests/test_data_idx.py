@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fwdeqx import data
+from fwdeqx.data._idx import write_idx
 
 
 def _write_raw(path, payload: bytes, compress: bool = False):
@@ -26,7 +27,7 @@ def _header(code: int, *dims: int) -> bytes:
 def test_round_trip(tmp_path, dtype, compress):
     array = (np.arange(2 * 3 * 4) - 5).astype(dtype).reshape(2, 3, 4)
     path = tmp_path / "x.idx"
-    data.write_idx(path, array, compress=compress)
+    write_idx(path, array, compress=compress)
     assert (path.read_bytes()[:2] == b"\x1f\x8b") == compress
     loaded = data.read_idx(path)
     assert loaded.dtype == np.dtype(dtype)
@@ -44,7 +45,7 @@ def test_known_bytes(tmp_path):
 
 def test_uint8_is_read_only_view(tmp_path):
     path = tmp_path / "x.idx"
-    data.write_idx(path, np.zeros((3, 28, 28), np.uint8))
+    write_idx(path, np.zeros((3, 28, 28), np.uint8))
     loaded = data.read_idx(path, dtype=np.uint8, ndim=3)
     assert not loaded.flags.writeable
 
@@ -78,7 +79,7 @@ def test_corrupt_file_names_file_and_problem(tmp_path, kind, compress):
 
 def test_truncated_gzip(tmp_path):
     path = tmp_path / "train-images-idx3-ubyte.gz"
-    data.write_idx(path, np.ones((10, 28, 28), np.uint8), compress=True)
+    write_idx(path, np.ones((10, 28, 28), np.uint8), compress=True)
     path.write_bytes(path.read_bytes()[:-12])
     with pytest.raises(data.IdxFormatError, match="corrupt or truncated gzip") as info:
         data.read_idx(path)
@@ -92,7 +93,7 @@ def test_missing_file(tmp_path):
 
 def test_expected_dtype_and_ndim(tmp_path):
     path = tmp_path / "x"
-    data.write_idx(path, np.zeros((4, 5), np.int32))
+    write_idx(path, np.zeros((4, 5), np.int32))
     with pytest.raises(
         data.IdxFormatError, match=r"has 2 dimensions \(4, 5\), expected 3"
     ):
@@ -103,9 +104,9 @@ def test_expected_dtype_and_ndim(tmp_path):
 
 def test_write_rejects_unsupported(tmp_path):
     with pytest.raises(ValueError, match="cannot store"):
-        data.write_idx(tmp_path / "x", np.zeros(3, np.uint16))
+        write_idx(tmp_path / "x", np.zeros(3, np.uint16))
     with pytest.raises(ValueError, match="at least one dimension"):
-        data.write_idx(tmp_path / "x", np.zeros((), np.uint8))
+        write_idx(tmp_path / "x", np.zeros((), np.uint8))
 
 
 def _write_split(directory, n_train=12, n_test=6, *, shape=(28, 28), compress=True):
@@ -125,7 +126,7 @@ def _write_split(directory, n_train=12, n_test=6, *, shape=(28, 28), compress=Tr
     suffix = ".gz" if compress else ""
     paths = [directory / (name + suffix) for name in names]
     for path, array in zip(paths, arrays, strict=True):
-        data.write_idx(path, array, compress=compress)
+        write_idx(path, array, compress=compress)
     return paths, arrays
 
 
@@ -139,7 +140,7 @@ def test_read_idx_dataset(tmp_path):
 
 def test_image_label_count_mismatch_names_both_files(tmp_path):
     paths, _ = _write_split(tmp_path)
-    data.write_idx(paths[1], np.zeros(11, np.uint8), compress=True)
+    write_idx(paths[1], np.zeros(11, np.uint8), compress=True)
     with pytest.raises(data.IdxFormatError, match="count mismatch") as info:
         data.read_idx_dataset(paths)
     assert str(paths[0]) in str(info.value) and str(paths[1]) in str(info.value)
@@ -154,7 +155,7 @@ def test_wrong_image_size(tmp_path):
 
 def test_wrong_dims_for_labels(tmp_path):
     paths, _ = _write_split(tmp_path)
-    data.write_idx(paths[3], np.zeros((6, 1), np.uint8), compress=True)
+    write_idx(paths[3], np.zeros((6, 1), np.uint8), compress=True)
     with pytest.raises(data.IdxFormatError, match="expected 1") as info:
         data.read_idx_dataset(paths)
     assert str(paths[3]) in str(info.value)
@@ -162,6 +163,6 @@ def test_wrong_dims_for_labels(tmp_path):
 
 def test_label_out_of_range(tmp_path):
     paths, _ = _write_split(tmp_path)
-    data.write_idx(paths[3], np.full(6, 10, np.uint8), compress=True)
+    write_idx(paths[3], np.full(6, 10, np.uint8), compress=True)
     with pytest.raises(data.IdxFormatError, match="labels outside 0-9"):
         data.read_idx_dataset(paths)

@@ -2,14 +2,18 @@
 
 Adding a public name without documenting it makes this file fail.
 
-**Which names are public.** For `fwdeqx`: the names in `dir(fwdeqx)` that do not
-start with "_", submodules excepted. For the public submodules `fwdeqx.testfns`,
-`fwdeqx.models`, `fwdeqx.data` and `fwdeqx.distributed` (each only when it can be
-imported): its `__all__` when it defines one; otherwise the names in its `dir()` that
-do not start with "_", are not modules, and were defined inside fwdeqx (a class or
-function whose `__module__` is outside fwdeqx, such as `jnp`, `Array` or `Callable`,
-was only imported; a constant counts when the module assigns it or re-exports it
-with `from ... import NAME as NAME`).
+**Which names are public.** For `fwdeqx` and its public submodules `fwdeqx.testfns`,
+`fwdeqx.models`, `fwdeqx.data`, `fwdeqx.distributed` and `fwdeqx.local` (each only
+when it can be imported): the module's `__all__`, submodules excepted, when it
+defines one; otherwise the names its `dir()` finds. The `dir()` rule: for `fwdeqx`,
+the names in `dir(fwdeqx)` that do not start with "_", submodules excepted; for a
+submodule, the names in its `dir()` that do not start with "_", are not modules, and
+were defined inside fwdeqx (a class or function whose `__module__` is outside
+fwdeqx, such as `jnp`, `Array` or `Callable`, was only imported; a constant counts
+when the module assigns it or re-exports it with `from ... import NAME as NAME`).
+A module's `__all__` must hold every name the `dir()` rule finds that was defined in
+the module or below it (not imported from elsewhere in fwdeqx), so a new public name
+cannot escape the rules below by being left out of `__all__`.
 
 **The rules.** Every public name
 
@@ -84,27 +88,48 @@ def _is_defined_in_fwdeqx(module: types.ModuleType, name: str, obj: Any) -> bool
     return _constant_source(module, name) is not None  # str, int, tuple, dict, ...
 
 
+def _dir_names(module: types.ModuleType) -> list[str]:
+    """The public names of `module` by the `dir()` rule of the module docstring."""
+    return [
+        name
+        for name in dir(module)
+        if not name.startswith("_")
+        and not inspect.ismodule(getattr(module, name))
+        and (
+            module is fwdeqx
+            or _is_defined_in_fwdeqx(module, name, getattr(module, name))
+        )
+    ]
+
+
+def _public_names_of(module: types.ModuleType) -> list[str]:
+    if not hasattr(module, "__all__"):
+        return _dir_names(module)
+    return [
+        name
+        for name in module.__all__
+        if not inspect.ismodule(getattr(module, name, None))
+    ]
+
+
+def _is_defined_in_package(module: types.ModuleType, name: str, obj: Any) -> bool:
+    """Whether `module.name` was defined in `module` or below it (`fwdeqx.data`'s
+    names in `fwdeqx.data._x`), not imported from elsewhere in fwdeqx."""
+    owner = getattr(obj, "__module__", None)
+    if not isinstance(owner, str):
+        source = _constant_source(module, name)
+        owner = None if source is None else source[0]
+    return owner is not None and (owner + ".").startswith(module.__name__ + ".")
+
+
 def public_names() -> list[tuple[str, Any]]:
     """`(full path, object)` for every public name, as defined in the module
     docstring."""
-    found = [
-        (f"fwdeqx.{name}", getattr(fwdeqx, name))
-        for name in dir(fwdeqx)
-        if not name.startswith("_") and not inspect.ismodule(getattr(fwdeqx, name))
-    ]
-    for module in _importable_submodules():
-        if hasattr(module, "__all__"):
-            names = list(module.__all__)
-        else:
-            names = [
-                name
-                for name in dir(module)
-                if not name.startswith("_")
-                and not inspect.ismodule(getattr(module, name))
-                and _is_defined_in_fwdeqx(module, name, getattr(module, name))
-            ]
+    found = []
+    for module in [fwdeqx, *_importable_submodules()]:
         found += [
-            (f"{module.__name__}.{name}", getattr(module, name)) for name in names
+            (f"{module.__name__}.{name}", getattr(module, name, None))
+            for name in _public_names_of(module)
         ]
     return sorted(found, key=lambda item: item[0])
 
@@ -270,6 +295,25 @@ def test_public_api_is_found():
     assert {"fwdeqx.filter_value_and_fwd_grad", "fwdeqx.make_step"} <= paths
     assert "fwdeqx.testfns.beale" in paths
     assert not any(p.endswith((".jnp", ".Array", ".Callable", ".eqx")) for p in paths)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [fwdeqx, *_importable_submodules()],
+    ids=lambda module: module.__name__,
+)
+def test_all_is_complete(module):
+    if not hasattr(module, "__all__"):
+        pytest.skip(f"{module.__name__} has no __all__")
+    missing = sorted(
+        name
+        for name in set(_dir_names(module)) - set(module.__all__)
+        if _is_defined_in_package(module, name, getattr(module, name))
+    )
+    assert not missing, (
+        f"{module.__name__} has public names missing from its __all__: {missing}. "
+        "Add them to __all__, or make them private."
+    )
 
 
 @pytest.mark.parametrize(("path", "obj"), PUBLIC, ids=IDS)

@@ -1,9 +1,38 @@
 """fwdeqx: forward gradients for Equinox — gradient estimates from one forward-mode
-pass, no backpropagation."""
+pass, no backpropagation.
+
+**Main entry points:**
+
+- Transformations: `filter_value_and_fwd_grad`, `filter_fwd_grad` (drop-in
+  replacements for `eqx.filter_value_and_grad` / `eqx.filter_grad` that take a `key`).
+- Tangent distributions: `Gaussian`, `Rademacher`, `LowRank`, `Scaled`.
+- Estimators: `ForwardGradient` (sample, derivatives, combine with `Mean` or
+  `Projection`), `SPSA`, `Backprop`.
+- Training: `make_step` (one jitted step for any estimator and `optax` optimizer),
+  `fwd_adam`.
+- Submodules: `fwdeqx.data` (MNIST-format datasets and batches), `fwdeqx.models`
+  (the papers' models), `fwdeqx.local` (activity perturbation and local losses),
+  `fwdeqx.distributed` (multi-device steps), `fwdeqx.testfns` (test functions).
+
+```python
+import fwdeqx
+
+loss_and_grad = fwdeqx.filter_value_and_fwd_grad(loss)
+value, grads = loss_and_grad(model, x, y, key=key)
+```
+
+`help(fwdeqx.make_step)` and the documentation's API reference describe each name.
+"""
 
 import importlib.metadata
 
-from . import distributed as distributed, local as local, testfns as testfns
+from . import (
+    data as data,
+    distributed as distributed,
+    local as local,
+    models as models,
+    testfns as testfns,
+)
 from ._combine import (
     AbstractCombiner as AbstractCombiner,
     Mean as Mean,
@@ -36,3 +65,32 @@ from ._tangents import (
 
 
 __version__ = importlib.metadata.version("fwdeqx")
+
+__all__ = [
+    "SPSA",
+    "AbstractCombiner",
+    "AbstractEstimator",
+    "AbstractStructuredTangent",
+    "AbstractTangentDistribution",
+    "Backprop",
+    "ForwardGradient",
+    "Gaussian",
+    "LowRank",
+    "LowRankMatrix",
+    "Mean",
+    "Projection",
+    "Rademacher",
+    "ScaleByFwdAdamState",
+    "Scaled",
+    "TrainStep",
+    "data",
+    "distributed",
+    "filter_fwd_grad",
+    "filter_value_and_fwd_grad",
+    "fwd_adam",
+    "local",
+    "make_step",
+    "models",
+    "scale_by_fwd_adam",
+    "testfns",
+]

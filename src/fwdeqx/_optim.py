@@ -82,7 +82,8 @@ def scale_by_fwd_adam(
     (∇f·v)², the squared directional derivative), or per coordinate
     (`"coordinate"`, which is exactly `optax.scale_by_adam`).
 
-    The default was chosen on measurements on MNIST (see `docs/beyond.md`).
+    The default was chosen on measurements on MNIST, reported on the "Beyond the
+    papers" page of the documentation.
 
     **Arguments:**
 

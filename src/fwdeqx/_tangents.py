@@ -77,10 +77,10 @@ class Gaussian(AbstractTangentDistribution):
     - `generator`: where the random bits come from. `"jax"` (default):
         `jax.random.normal` with the key's own PRNG (threefry). `"hash"`: a
         counter hashed by two rounds of a 32-bit integer mixer, seeded from the
-        key; on CPU the bits cost about 1/16 of threefry's and sampling about half
-        (the conversion to normal samples, the same as `jax.random.normal`'s,
-        is the rest). Its bits are good for Monte-Carlo estimates but not
-        cryptographic, and its samples differ from `"jax"`'s for the same key.
+        key, then converted to normal samples as `jax.random.normal` does. Its bits
+        are much cheaper than threefry's on CPU (the Performance page of the
+        documentation gives the measured costs), good for Monte-Carlo estimates but
+        not cryptographic, and its samples differ from `"jax"`'s for the same key.
 
     !!! Example
 

@@ -11,6 +11,9 @@ import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 
+__all__ = ["CNN", "MLP", "LogisticRegression", "accuracy", "cross_entropy"]
+
+
 class MLP(eqx.Module):
     """The seed paper's MLP: 784-1024-1024-10 with ReLU (sizes configurable).
 

@@ -13,6 +13,14 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 
+__all__ = [
+    "BEALE_MINIMUM",
+    "BEALE_PAPER_POINT",
+    "beale",
+    "rosenbrock",
+    "rosenbrock_minimum",
+]
+
 BEALE_MINIMUM: tuple[float, float] = (3.0, 0.5)
 """The global minimum of `beale`, where it equals 0."""
 

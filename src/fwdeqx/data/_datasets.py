@@ -218,7 +218,8 @@ def load_dataset(
     3. system installs: Debian's `dataset-fashion-mnist` package
         (`/usr/share/datasets/fashion-mnist`);
     4. download from the official mirrors into the user cache, each file verified
-        by SHA-256 (see [`fwdeqx.data.download_file`][]);
+        by SHA-256 (a file is renamed into place only once its checksum matches, so
+        an interrupted download never leaves a file that looks valid);
     5. for `mnist` only: fall back to `mnist-5k` with a
         [`fwdeqx.data.DatasetFallbackWarning`][] (the returned `name` says so);
     6. otherwise raise [`fwdeqx.data.DatasetNotFoundError`][], listing what was tried

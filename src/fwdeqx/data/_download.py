@@ -158,7 +158,7 @@ def download_file(
 
     **Raises:**
 
-    [`fwdeqx.data.DownloadError`][] listing what each mirror did.
+    `DownloadError` listing what each mirror did.
     """
     directory = Path(directory)
     destination = directory / remote.name
@@ -218,9 +218,9 @@ def download_files(
     progress: bool = True,
 ) -> list[Path]:
     """Download every file of `remotes` missing from `directory` with
-    [`fwdeqx.data.download_file`][] (files already there are kept: they were only
-    ever renamed into place after verification). A mirror that cannot be reached is
-    not tried again for the following files.
+    `download_file` (files already there are kept: they were only ever renamed into
+    place after verification). A mirror that cannot be reached is not tried again
+    for the following files.
 
     **Arguments:**
 

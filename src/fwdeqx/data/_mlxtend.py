@@ -98,7 +98,7 @@ def split_mnist_5k(
     **Arguments:**
 
     - `images`: uint8 images `(n, 28, 28)`, e.g. from
-        [`fwdeqx.data.read_mnist_5k`][].
+        `read_mnist_5k`.
     - `labels`: int32 labels `(n,)`, one per image.
     - `per_class`: how many images of each class go to validation (default 100).
 

@@ -11,14 +11,14 @@ from ._download import RemoteFile
 class DatasetSpec:
     """Where an IDX dataset lives: its four files (train images, train labels, test
     images, test labels, in that order, as named on the mirrors), the download
-    mirrors, and known system install directories. Replace entries of
-    `fwdeqx.data.SPECS` to change mirrors or checksums.
+    mirrors, and known system install directories. Replace entries of `SPECS` to
+    change mirrors or checksums.
 
     **Attributes:**
 
     - `name`: the dataset's name, e.g. `"mnist"`.
-    - `files`: the four [`fwdeqx.data.RemoteFile`][]s (name, SHA-256, size): train
-        images, train labels, test images, test labels, in that order.
+    - `files`: the four `RemoteFile`s (name, SHA-256, size): train images, train
+        labels, test images, test labels, in that order.
     - `mirrors`: base URLs the files are downloaded from, tried in turn.
     - `system_dirs`: directories where a system package installs the files
         (default: none).
