@@ -1,19 +1,28 @@
 """CIFAR-10 reading, on small files written in the official python format (the
 real archive cannot be downloaded here)."""
 
+import dataclasses
+import hashlib
+import http.server
 import os
 import pickle
 import tarfile
+import threading
 
 import numpy as np
 import pytest
+
+from fwdeqx import data
 from fwdeqx.data._cifar import (
+    CIFAR10_ARCHIVE,
     CIFAR10_FOLDER,
     TEST_BATCH,
     TRAIN_BATCHES,
     CifarFormatError,
     read_cifar10,
 )
+from fwdeqx.data._download import RemoteFile
+from fwdeqx.data._specs import SPECS
 
 
 _PER_BATCH = 4
@@ -81,7 +90,7 @@ def test_truncated_archive_is_refused(cifar, tmp_path):
     archive = _write_archive(tmp_path / "a.tar.gz", folder)
     data = archive.read_bytes()
     archive.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CifarFormatError, match="a.tar.gz"):
+    with pytest.raises(CifarFormatError, match=r"a\.tar\.gz"):
         read_cifar10(archive)
 
 
@@ -106,3 +115,75 @@ def test_bad_batches_are_refused(cifar, content, match):
     with pytest.raises(CifarFormatError, match=match) as error:
         read_cifar10(folder)
     assert "data_batch_2" in str(error.value)
+
+
+def _serve(body: bytes):
+    """A local HTTP server answering every GET with `body`."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("FWDEQX_DATA_DIR", raising=False)
+    return tmp_path
+
+
+def test_load_dataset_from_data_dir_and_env(cifar, isolated, monkeypatch):
+    folder, _ = cifar
+    (isolated / "dir").mkdir()
+    archive = _write_archive(isolated / "dir" / CIFAR10_ARCHIVE, folder)
+    ds = data.load_dataset("cifar10", data_dir=archive.parent)
+    assert ds.name == "cifar10" and ds.train_images.shape == (20, 3, 32, 32)
+    assert ds.val_images.shape == (4, 3, 32, 32) and "test" in ds.validation
+    monkeypatch.setenv("FWDEQX_DATA_DIR", str(folder.parent))
+    from_env = data.load_dataset("cifar10", validation=5)
+    assert from_env.source.endswith("($FWDEQX_DATA_DIR)")
+    assert len(from_env.train_labels) == 15 and len(from_env.val_labels) == 5
+    assert from_env.fingerprint != ds.fingerprint
+
+
+def test_load_dataset_downloads_and_verifies(cifar, isolated, monkeypatch):
+    folder, _ = cifar
+    body = _write_archive(isolated / "served.tar.gz", folder).read_bytes()
+    httpd = _serve(body)
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+        digest = hashlib.sha256(body).hexdigest()
+        good = RemoteFile(CIFAR10_ARCHIVE, digest, len(body))
+        spec = dataclasses.replace(SPECS["cifar10"], files=(good,), mirrors=(url,))
+        monkeypatch.setitem(SPECS, "cifar10", spec)
+        ds = data.load_dataset("cifar10", progress=False)
+        assert ds.source.endswith("(downloaded)")
+        assert ds.train_images.shape == (20, 3, 32, 32)
+        # A wrong checksum is never accepted: nothing found, no fallback.
+        bad = RemoteFile(CIFAR10_ARCHIVE, "0" * 64, len(body))
+        spec = dataclasses.replace(spec, files=(bad,))
+        monkeypatch.setitem(SPECS, "cifar10", spec)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(isolated / "other"))
+        with pytest.raises(
+            data.DatasetNotFoundError, match=r"cifar-10-python\.tar\.gz"
+        ):
+            data.load_dataset("cifar10", progress=False)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_empty_data_dir_names_what_is_wanted(isolated):
+    (isolated / "empty").mkdir()
+    with pytest.raises(data.DatasetNotFoundError, match="cifar-10-batches-py"):
+        data.load_dataset("cifar10", data_dir=isolated / "empty")

@@ -296,8 +296,8 @@ def test_mnist_5k_holdout_is_stratified(chain):
 
 
 def test_unknown_dataset():
-    with pytest.raises(ValueError, match="unknown dataset 'cifar10'"):
-        data.load_dataset("cifar10")
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
+        data.load_dataset("imagenet")
 
 
 def test_fingerprint_keys_on_content_not_place(chain):

