@@ -3,6 +3,7 @@ resuming from a saved iterator state."""
 
 import json
 
+import grain
 import numpy as np
 import pytest
 
@@ -207,3 +208,74 @@ def test_images_must_be_uint8():
         data.batches(images.astype(np.float32), labels, batch_size=8)
     with pytest.raises(TypeError, match=r"(?i)uint8"):
         data.to_float(images.astype(np.int16))
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_process_shards_make_up_the_global_batches(count):
+    """N shards (Grain's `ShardOptions`, as `ShardByJaxProcess` sets them per
+    process) together read exactly the batches of one unsharded iterator, each
+    shard its own contiguous slice of every batch, across an epoch boundary."""
+    images, labels = _traceable(40)
+    options = dict(batch_size=8, seed=5, num_steps=7)
+    whole = list(data.batches(images, labels, **options))
+    shards = [
+        list(
+            data.batches(
+                images,
+                labels,
+                shard_options=grain.sharding.ShardOptions(index, count),
+                **options,
+            )
+        )
+        for index in range(count)
+    ]
+    for step, (x, y) in enumerate(whole):
+        parts = [shard[step] for shard in shards]
+        assert all(part[0].shape == (8 // count, 784) for part in parts)
+        np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), x)
+        np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), y)
+
+
+def test_process_shard_resumes_and_refuses_other_shards():
+    images, labels = _traceable(40)
+    shard = lambda i: data.batches(
+        images,
+        labels,
+        batch_size=8,
+        num_steps=6,
+        shard_options=grain.sharding.ShardOptions(i, 2),
+    )
+    it = shard(1)
+    next(it), next(it)
+    state = json.loads(json.dumps(it.get_state()))
+    rest = list(it)
+    resumed = shard(1)
+    resumed.set_state(state)
+    for (x, y), (x2, y2) in zip(rest, resumed, strict=True):
+        np.testing.assert_array_equal(x, x2)
+        np.testing.assert_array_equal(y, y2)
+    with pytest.raises(ValueError, match="different pipeline"):
+        shard(0).set_state(state)
+
+
+def test_process_shard_errors():
+    images, labels = _traceable(40)
+    with pytest.raises(ValueError, match="multiple of 3"):
+        data.batches(
+            images,
+            labels,
+            batch_size=8,
+            shard_options=grain.sharding.ShardOptions(0, 3),
+        )
+    with pytest.raises(TypeError, match="ShardOptions"):
+        data.batches(images, labels, shard_options=(0, 2))  # pyright: ignore
+    # On one process, Grain's ShardByJaxProcess is the whole batch.
+    x, _ = next(
+        data.batches(
+            images,
+            labels,
+            batch_size=8,
+            shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
+        )
+    )
+    assert x.shape == (8, 784)

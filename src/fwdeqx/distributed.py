@@ -1,14 +1,19 @@
-"""Training steps across several devices, where forward gradients communicate only
-scalars.
+"""Training steps across several devices and processes, where forward gradients
+communicate only scalars.
 
 `make_step(loss, optimizer, estimator, mesh=mesh, parallelism=...)` runs the step of
-[`fwdeqx.make_step`][] for the same estimator over the devices of one mesh axis:
+[`fwdeqx.make_step`][] for the same estimator over the devices of one mesh axis, on
+one process or many (after [`fwdeqx.distributed.initialize`][]):
 
 - `parallelism="data"` (default): the batch is split over the devices, and each
   calls the estimator on its shard with the loss averaged over the devices
   (`jax.lax.pmean`), so the estimator's derivatives are all-reduced wherever it
   takes them: K + 1 scalars for a `fwdeqx.ForwardGradient` (any combiner), the
   whole gradient for `fwdeqx.Backprop`, one scalar per evaluation for `fwdeqx.SPSA`.
+  Any other estimator, such as `fwdeqx.local.ActivityPerturbation` (which draws a
+  tangent per example), runs its single-device step on the global batch,
+  partitioned by XLA: each device takes its examples, and the sums over examples,
+  the per-layer gradient estimates among them, are all-reduced.
 - `parallelism="tangent"`: the K tangents of a `fwdeqx.ForwardGradient` are split
   over the devices; each evaluates its K/D tangents on the whole batch, and one sum
   over devices of K + 1 slots gives every device all the derivatives.
@@ -36,10 +41,16 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from ._directional import value_and_derivatives
+from ._distributed_runtime import (
+    initialize as initialize,
+    is_global,
+    mesh_processes,
+    place,
+)
 from ._estimators import (
     AbstractEstimator,
     Backprop,
@@ -47,9 +58,15 @@ from ._estimators import (
     check_key,
     scalar_function,
 )
+from ._spsa import SPSA
 from ._step import check_estimator, check_optimizer, estimate_and_update
 from ._tangents import tree_size
 
+
+# Estimators whose step is written per device (`jax.shard_map`), with the
+# collective each one needs; any other estimator (e.g. `fwdeqx.local`'s, which
+# draw a tangent per example) runs as on one device, partitioned by XLA.
+_PER_DEVICE_ESTIMATORS = (ForwardGradient, Backprop, SPSA)
 
 Parallelism = Literal["data", "tangent"]
 """What [`fwdeqx.distributed.make_step`][] splits over the devices: `"data"`, the
@@ -96,14 +113,21 @@ class DistributedTrainStep(eqx.Module):
         - `opt_state`: from `step.init(model)`.
         - `batch`: a pytree of arrays passed to the loss as `loss(model, batch)`.
             With `parallelism="data"` every leaf is split along its leading axis,
-            which must be divisible by the number of devices.
+            which must be divisible by the number of devices. On several
+            processes, each passes its own rows (a NumPy or process-local array)
+            or the global `jax.Array`; with `parallelism="tangent"`, each passes
+            the whole batch.
         - `key`: PRNG key for the estimator; use a fresh one every step. The same
             key on every device (and every host) gives the same tangents.
+
+        The model, optimizer state and key are placed replicated from each
+        process's copy (every process must pass the same ones).
 
         **Returns:**
 
         `(model, opt_state, loss)`: the updated model and optimizer state, and the
-        full-batch loss at the model *before* the update.
+        full-batch loss at the model *before* the update, as global arrays
+        replicated over the mesh.
         """
         return self._jitted_step(*self._place(model, opt_state, batch, key))
 
@@ -124,22 +148,40 @@ class DistributedTrainStep(eqx.Module):
     def _shards_batch(self) -> bool:
         return self.parallelism == "data"
 
+    @property
+    def _per_device_step(self) -> bool:
+        return isinstance(self.estimator, _PER_DEVICE_ESTIMATORS)
+
+    def _auto_mesh(self) -> Mesh:
+        """The mesh with automatic axes: XLA's partitioner lays out what the step
+        computes (the caller's mesh may have explicit axes)."""
+        names = self.mesh.axis_names
+        return Mesh(self.mesh.devices, names, axis_types=(AxisType.Auto,) * len(names))
+
+    def _shardings(self) -> tuple[NamedSharding, NamedSharding]:
+        """(replicated, batch) shardings."""
+        mesh = self._auto_mesh()
+        replicated = NamedSharding(mesh, PartitionSpec())
+        split = NamedSharding(mesh, PartitionSpec(self.axis_name))
+        return replicated, split if self._shards_batch else replicated
+
     def _place(
         self, model: PyTree, opt_state: optax.OptState, batch: Any, key: PRNGKeyArray
     ) -> tuple[PyTree, optax.OptState, Any, PRNGKeyArray]:
-        """Put the batch on the devices as the step splits it, and everything else
-        replicated (a no-op for arrays already placed so)."""
+        """Make every argument a global array: the batch split over the devices as
+        the step splits it, everything else replicated. Arrays that are not global
+        yet are this process's part (a no-op for arrays already placed so)."""
         check_key(key, "fwdeqx.distributed step")
         if self._shards_batch:
-            _check_batch_divisible(batch, self.num_devices, self.axis_name)
-        replicated = NamedSharding(self.mesh, PartitionSpec())
-        split = NamedSharding(self.mesh, PartitionSpec(self.axis_name))
-        batch_sharding = split if self._shards_batch else replicated
+            _check_batch_divisible(
+                batch, self.num_devices, self.axis_name, mesh_processes(self.mesh)
+            )
+        replicated, batch_sharding = self._shardings()
         return (
-            _device_put_arrays(model, replicated),
-            _device_put_arrays(opt_state, replicated),
-            _device_put_arrays(batch, batch_sharding),
-            jax.device_put(key, replicated),
+            place(model, replicated),
+            place(opt_state, replicated),
+            place(batch, batch_sharding),
+            place(key, replicated),
         )
 
     def _per_device(self) -> tuple[AbstractEstimator, Callable]:
@@ -158,6 +200,8 @@ class DistributedTrainStep(eqx.Module):
         batch: Any,
         key: PRNGKeyArray,
     ) -> tuple[PyTree, optax.OptState, Float[Array, ""]]:
+        if not self._per_device_step:
+            return self._partitioned_step(model, opt_state, batch, key)
         model_arrays, model_static = eqx.partition(model, eqx.is_array)
         state_arrays, state_static = eqx.partition(opt_state, eqx.is_array)
         batch_arrays, batch_static = eqx.partition(batch, eqx.is_array)
@@ -180,12 +224,30 @@ class DistributedTrainStep(eqx.Module):
         batch_spec = split if self._shards_batch else replicated
         model_arrays, state_arrays, value = jax.shard_map(
             per_device,
-            mesh=self.mesh,
+            mesh=self._auto_mesh(),
             in_specs=(replicated, replicated, batch_spec, replicated),
             out_specs=(replicated, replicated, replicated),
         )(model_arrays, state_arrays, batch_arrays, key)
         model = eqx.combine(model_arrays, new_statics["model"])
         opt_state = eqx.combine(state_arrays, new_statics["state"])
+        return model, opt_state, value
+
+    def _partitioned_step(
+        self,
+        model: PyTree,
+        opt_state: optax.OptState,
+        batch: Any,
+        key: PRNGKeyArray,
+    ) -> tuple[PyTree, optax.OptState, Float[Array, ""]]:
+        """The single-device step on the global arrays, partitioned by XLA: each
+        device works on its examples (with the tangents they get on one device)
+        and the results' sums over examples, per-layer gradient estimates
+        included, are all-reduced. The model and state come back replicated."""
+        model, opt_state, value = estimate_and_update(
+            self.estimator, self.loss, self.optimizer, model, opt_state, batch, key
+        )
+        replicated, _ = self._shardings()
+        model, opt_state = _constrain((model, opt_state), replicated)
         return model, opt_state, value
 
 
@@ -264,14 +326,14 @@ def _to_varying(tree: PyTree, axis_name: str) -> PyTree:
     return eqx.combine(jax.lax.pcast(arrays, axis_name, to="varying"), static)
 
 
-def _device_put_arrays(tree: PyTree, sharding: NamedSharding) -> PyTree:
-    return jtu.tree_map(
-        lambda leaf: jax.device_put(leaf, sharding) if eqx.is_array(leaf) else leaf,
-        tree,
-    )
+def _constrain(tree: PyTree, sharding: NamedSharding) -> PyTree:
+    arrays, static = eqx.partition(tree, eqx.is_array)
+    return eqx.combine(jax.lax.with_sharding_constraint(arrays, sharding), static)
 
 
-def _check_batch_divisible(batch: Any, num_devices: int, axis: str) -> None:
+def _check_batch_divisible(
+    batch: Any, num_devices: int, axis: str, num_processes: int
+) -> None:
     leaves = [leaf for leaf in jtu.tree_leaves(batch) if eqx.is_array(leaf)]
     if not leaves:
         raise ValueError(
@@ -279,13 +341,22 @@ def _check_batch_divisible(batch: Any, num_devices: int, axis: str) -> None:
             "a pytree of arrays with the examples on the leading axis."
         )
     for leaf in leaves:
-        if leaf.ndim == 0 or leaf.shape[0] % num_devices != 0:
+        # An array that is not global is this process's share of the batch.
+        share = 1 if is_global(leaf) else num_processes
+        rows = leaf.shape[0] * share if leaf.ndim else 0
+        if rows == 0 or rows % num_devices != 0:
+            what = (
+                f"{leaf.shape[0] if leaf.ndim else 0} rows per process x "
+                f"{num_processes} processes"
+                if share > 1
+                else "its leading dimension"
+            )
             raise ValueError(
                 f"Every batch array is split along its leading axis over the "
-                f"{num_devices} devices of mesh axis {axis!r}, so its leading "
-                f"dimension must be divisible by {num_devices}; got an array of "
-                f"shape {tuple(leaf.shape)}. Use a batch size that is a multiple of "
-                f"{num_devices}."
+                f"{num_devices} devices of mesh axis {axis!r}, so the global batch "
+                f"must be divisible by {num_devices}; got an array of shape "
+                f"{tuple(leaf.shape)} ({what}). Use a global batch size that is a "
+                f"multiple of {num_devices}."
             )
 
 
@@ -367,14 +438,16 @@ def make_step(
     - `optimizer`: any `optax.GradientTransformation`.
     - `estimator`: how gradients are obtained, e.g.
         `fwdeqx.ForwardGradient(num_tangents=8)` (any tangents and combiner),
-        `fwdeqx.Backprop()` or `fwdeqx.SPSA()`.
-    - `mesh`: a `jax.sharding.Mesh`; on several hosts, the global mesh built after
-        `jax.distributed.initialize()`.
+        `fwdeqx.Backprop()`, `fwdeqx.SPSA()` or a `fwdeqx.local` estimator.
+    - `mesh`: a `jax.sharding.Mesh`; on several processes, the global mesh built
+        after [`fwdeqx.distributed.initialize`][], e.g.
+        `jax.make_mesh((jax.device_count(),), ("batch",))`.
     - `parallelism`: what is split over the devices. `"data"` (default): the
         batch; every device runs the estimator on its shard with the loss averaged
         over the devices, so the estimator's derivatives are all-reduced (K + 1
         scalars for a forward gradient, the whole gradient for backprop). Works
-        with every estimator. `"tangent"`: the K tangents of a
+        with every estimator; the `fwdeqx.local` ones all-reduce their
+        per-layer gradient estimates. `"tangent"`: the K tangents of a
         `fwdeqx.ForwardGradient`, whose `num_tangents` must be a multiple of the
         number of devices D; each device evaluates its K/D tangents on the whole
         batch, then the K derivatives are gathered (K + 1 scalars). Other
@@ -443,6 +516,7 @@ def make_backprop_step(
 
 __all__ = [
     "DistributedTrainStep",
+    "initialize",
     "make_backprop_step",
     "make_step",
 ]

@@ -99,11 +99,21 @@ class _ShuffledIndexBatches:
     indices of batch `step`. Epoch `e` is `permutation(n, seed, e)` cut into
     `n // batch_size` batches (the remainder is dropped; the next epoch is a new
     permutation), the semantics of Grain's `shuffle(seed) -> batch(drop_remainder)
-    -> repeat`, computed once per epoch instead of once per image."""
+    -> repeat`, computed once per epoch instead of once per image. With a shard
+    `(index, count)`, element `step` holds only the `index`-th of `count` equal
+    slices of global batch `step`."""
 
-    def __init__(self, num_images: int, batch_size: int, seed: int, num_steps: int):
+    def __init__(
+        self,
+        num_images: int,
+        batch_size: int,
+        seed: int,
+        num_steps: int,
+        shard: tuple[int, int] = (0, 1),
+    ):
         self.num_images, self.batch_size = num_images, batch_size
         self.seed, self.num_steps = seed, num_steps
+        self.shard = shard
         self.batches_per_epoch = num_images // batch_size
         self._cache: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=np.int64))
 
@@ -118,8 +128,10 @@ class _ShuffledIndexBatches:
         if cached_epoch != epoch:
             order = permutation(self.num_images, self.seed, epoch)
             self._cache = (epoch, order)  # one assignment: safe under threads
-        start = index * self.batch_size
-        return order[start : start + self.batch_size]
+        shard_index, shard_count = self.shard
+        size = self.batch_size // shard_count
+        start = index * self.batch_size + shard_index * size
+        return order[start : start + size]
 
 
 class _GatherBatch:
@@ -173,6 +185,26 @@ class BatchIterator:
         self._iterator.set_state(state["grain"])
 
 
+def _shard(options: Any, batch_size: int) -> tuple[int, int]:
+    """`(shard_index, shard_count)` from Grain's shard options."""
+    if options is None:
+        return (0, 1)
+    if not isinstance(options, grain.sharding.ShardOptions):
+        raise TypeError(
+            "shard_options must be a grain.sharding.ShardOptions, e.g. "
+            f"grain.sharding.ShardByJaxProcess(), got {options!r}"
+        )
+    index, count = options.shard_index, options.shard_count
+    if not 0 <= index < count:
+        raise ValueError(f"shard_index must be in 0..{count - 1}, got {index}")
+    if batch_size % count != 0:
+        raise ValueError(
+            f"batch_size {batch_size} is the global batch, split into {count} equal "
+            f"shards (one per process), so it must be a multiple of {count}"
+        )
+    return index, count
+
+
 def batches(
     images: UInt8[np.ndarray, "n h w"],
     labels: Int[np.ndarray, " n"],
@@ -182,6 +214,7 @@ def batches(
     num_steps: int | None = None,
     layout: Layout = "flat",
     standardize: bool | tuple[float, float] = False,
+    shard_options: grain.sharding.ShardOptions | None = None,
 ) -> BatchIterator:
     """Shuffled mini-batches for training, deterministic and resumable.
 
@@ -202,12 +235,19 @@ def batches(
         `(batch_size, 1, h, w)`.
     - `standardize`: as in [`fwdeqx.data.to_float`][] (`True` uses the statistics
         of `images`, i.e. of the training set).
+    - `shard_options`: for training on several processes, Grain's
+        `grain.sharding.ShardByJaxProcess()` (or `ShardOptions(shard_index,
+        shard_count)`): this process reads only its share of every global batch of
+        `batch_size`, the `shard_index`-th of `shard_count` equal slices, so
+        `batch_size` must be a multiple of `shard_count`. The processes' shards of
+        a step, in shard order, make up exactly the batch one process reads
+        without sharding. `None` (default): the whole batch.
 
     **Returns:**
 
     A [`fwdeqx.data.BatchIterator`][] of `(x, y)`: `x` float32 (in [0, 1] unless
-    standardised), `y` int32 `(batch_size,)`, both NumPy arrays (a jitted step moves
-    them to the device).
+    standardised), `y` int32 `(batch_size,)` (`batch_size // shard_count` with
+    `shard_options`), both NumPy arrays (a jitted step moves them to the device).
 
     !!! Example
 
@@ -231,10 +271,11 @@ def batches(
         raise ValueError(
             f"num_steps must be a non-negative int or None, got {num_steps}"
         )
-    shape = _shape(layout, batch_size, height, width)
+    shard = _shard(shard_options, batch_size)
+    shape = _shape(layout, batch_size // shard[1], height, width)
     stats = _scale_offset(images, standardize)
     steps = sys.maxsize if num_steps is None else num_steps
-    source = _ShuffledIndexBatches(n, batch_size, seed, steps)
+    source = _ShuffledIndexBatches(n, batch_size, seed, steps, shard)
     gather = _GatherBatch(images, np.asarray(labels, dtype=np.int32), shape, stats)
     dataset = grain.MapDataset.source(source).map(gather)
     config = {
@@ -245,4 +286,6 @@ def batches(
         "layout": layout,
         "standardize": None if stats is None else list(stats),
     }
+    if shard != (0, 1):  # unsharded states stay as they were
+        config["shard"] = list(shard)
     return BatchIterator(dataset, config)
