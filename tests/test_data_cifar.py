@@ -187,3 +187,27 @@ def test_empty_data_dir_names_what_is_wanted(isolated):
     (isolated / "empty").mkdir()
     with pytest.raises(data.DatasetNotFoundError, match="cifar-10-batches-py"):
         data.load_dataset("cifar10", data_dir=isolated / "empty")
+
+
+def test_pipeline_keeps_colour_channels(cifar, isolated):
+    folder, batches = cifar
+    ds = data.load_dataset("cifar10", data_dir=folder.parent)
+    x, _ = next(
+        iter(
+            data.batches(
+                ds.train_images,
+                ds.train_labels,
+                batch_size=4,
+                seed=0,
+                num_steps=1,
+                layout="image",
+            )
+        )
+    )
+    assert x.shape == (4, 3, 32, 32) and x.dtype == np.float32
+    flat = data.to_float(ds.train_images, layout="flat")
+    assert flat.shape == (20, 3072)
+    first = batches["data_batch_1"][b"data"][0]
+    np.testing.assert_array_equal(flat[0], first / np.float32(255))
+    images = data.to_float(ds.train_images, layout="image")
+    np.testing.assert_array_equal(images.reshape(20, -1), flat)

@@ -53,21 +53,24 @@ def _convert(pixels: np.ndarray, stats: tuple[float, float] | None) -> np.ndarra
 
 def _check_images(images: np.ndarray):
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        raise TypeError("images must be a uint8 NumPy array (n, h, w)")
-    if images.ndim != 3:
-        raise ValueError(f"images must be (n, h, w), got shape {images.shape}")
+        raise TypeError("images must be a uint8 NumPy array (n, [c,] h, w)")
+    if images.ndim not in (3, 4):
+        raise ValueError(
+            f"images must be (n, h, w) or (n, c, h, w), got shape {images.shape}"
+        )
 
 
-def _shape(layout: Layout, batch: int, height: int, width: int) -> tuple[int, ...]:
+def _shape(layout: Layout, batch: int, image: tuple[int, ...]) -> tuple[int, ...]:
+    """`(batch, c*h*w)` flat, or `(batch, c, h, w)` with c = 1 for grey-scale."""
     if layout == "flat":
-        return (batch, height * width)
+        return (batch, int(np.prod(image)))
     if layout == "image":
-        return (batch, 1, height, width)
+        return (batch, *image) if len(image) == 3 else (batch, 1, *image)
     raise ValueError(f"layout must be 'flat' or 'image', got {layout!r}")
 
 
 def to_float(
-    images: UInt8[np.ndarray, "n h w"],
+    images: UInt8[np.ndarray, " n *image"],
     layout: Layout = "flat",
     standardize: bool | tuple[float, float] = False,
 ) -> Float32[np.ndarray, "n ..."]:
@@ -76,9 +79,10 @@ def to_float(
 
     **Arguments:**
 
-    - `images`: uint8 `(n, h, w)`, e.g. `ds.val_images`.
-    - `layout`: `"flat"` gives `(n, h*w)` (MLP, logistic regression), `"image"`
-        gives `(n, 1, h, w)` (CNN).
+    - `images`: uint8 `(n, h, w)` or, for colour, `(n, c, h, w)`, e.g.
+        `ds.val_images`.
+    - `layout`: `"flat"` gives `(n, h*w)` (`(n, c*h*w)`; MLP, logistic
+        regression), `"image"` gives `(n, 1, h, w)` (`(n, c, h, w)`; CNN).
     - `standardize`: `False`: pixels / 255, in [0, 1]. `(mean, std)`: then
         subtract `mean` and divide by `std`. `True`: use the mean and std of
         `images` themselves; to standardise a validation split like the training
@@ -86,12 +90,14 @@ def to_float(
 
     **Returns:**
 
-    A float32 NumPy array of shape `(n, h*w)` or `(n, 1, h, w)`.
+    A float32 NumPy array of shape `(n, h*w)` or `(n, 1, h, w)` (colour:
+    `(n, c*h*w)` or `(n, c, h, w)`).
     """
     _check_images(images)
-    n, height, width = images.shape
     stats = _scale_offset(images, standardize)
-    return _convert(images, stats).reshape(_shape(layout, n, height, width))
+    return _convert(images, stats).reshape(
+        _shape(layout, len(images), images.shape[1:])
+    )
 
 
 class _ShuffledIndexBatches:
@@ -206,7 +212,7 @@ def _shard(options: Any, batch_size: int) -> tuple[int, int]:
 
 
 def batches(
-    images: UInt8[np.ndarray, "n h w"],
+    images: UInt8[np.ndarray, " n *image"],
     labels: Int[np.ndarray, " n"],
     *,
     batch_size: int = 64,
@@ -224,15 +230,15 @@ def batches(
 
     **Arguments:**
 
-    - `images`: uint8 `(n, h, w)`, e.g. `ds.train_images` (kept as is: only each
-        batch is converted to float32).
+    - `images`: uint8 `(n, h, w)` or `(n, c, h, w)`, e.g. `ds.train_images`
+        (kept as is: only each batch is converted to float32).
     - `labels`: integer `(n,)`.
     - `batch_size`: images per batch (at most `n`).
     - `seed`: non-negative int; same seed, same batches, bit for bit, on every
         platform (the permutations come from a fixed integer hash, not NumPy's RNG).
     - `num_steps`: number of batches; `None` for an endless iterator.
-    - `layout`: `"flat"`: `x` is `(batch_size, h*w)`; `"image"`:
-        `(batch_size, 1, h, w)`.
+    - `layout`: `"flat"`: `x` is `(batch_size, h*w)` (colour: `c*h*w`);
+        `"image"`: `(batch_size, 1, h, w)` (colour: `(batch_size, c, h, w)`).
     - `standardize`: as in [`fwdeqx.data.to_float`][] (`True` uses the statistics
         of `images`, i.e. of the training set).
     - `shard_options`: for training on several processes, Grain's
@@ -260,7 +266,7 @@ def batches(
         ```
     """
     _check_images(images)
-    n, height, width = images.shape
+    n = len(images)
     if len(labels) != n:
         raise ValueError(f"{n} images but {len(labels)} labels")
     if isinstance(batch_size, bool) or not 0 < batch_size <= n:
@@ -272,7 +278,7 @@ def batches(
             f"num_steps must be a non-negative int or None, got {num_steps}"
         )
     shard = _shard(shard_options, batch_size)
-    shape = _shape(layout, batch_size // shard[1], height, width)
+    shape = _shape(layout, batch_size // shard[1], images.shape[1:])
     stats = _scale_offset(images, standardize)
     steps = sys.maxsize if num_steps is None else num_steps
     source = _ShuffledIndexBatches(n, batch_size, seed, steps, shard)
