@@ -154,9 +154,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "# fwdeqx benchmarks" + (" (quick smoke run)" if report["quick"] else ""),
         "",
         f"- started {report['started']}, finished {report.get('finished')}",
-        f"- machine: {env['processor']}, {env['usable_cpus']} usable CPUs "
+        f"- machine: {env['cpu_model']}, {env['usable_cpus']} usable CPUs "
         f"({env['platform']}), load average at start {env['load_average']}",
-        f"- {versions}; backend {env['backend']}",
+        f"- {versions}; backend {env['jax_backend']}",
         f"- settings: {json.dumps({k: v for k, v in env['env'].items() if v})}",
         "",
     ]

@@ -1,6 +1,5 @@
 """Timing, lowering and environment helpers shared by the benchmark suites."""
 
-import importlib.metadata
 import os
 import platform
 import time
@@ -100,33 +99,21 @@ def compiled_memory(
     }
 
 
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def environment() -> dict[str, Any]:
-    """Machine, library versions and the settings that change timings."""
+    """The machine and versions as the experiments record them
+    (`experiments.runner.environment`), plus the settings that change timings."""
+    from experiments import runner
+
     try:
         usable_cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         usable_cpus = os.cpu_count()
     return {
+        **runner.environment(),
         "machine": platform.machine(),
-        "platform": platform.platform(),
-        "processor": _cpu_model() or platform.processor(),
-        "cpu_count": os.cpu_count(),
         "usable_cpus": usable_cpus,
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "versions": {
-            name: _version(name)
-            for name in ("fwdeqx", "jax", "jaxlib", "equinox", "optax", "numpy")
-        },
-        "backend": jax.default_backend(),
-        "devices": [str(device) for device in jax.devices()],
+        "versions": runner.versions(),
         "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
         "env": {
             name: os.environ.get(name)
@@ -140,14 +127,3 @@ def environment() -> dict[str, Any]:
             )
         },
     }
-
-
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None

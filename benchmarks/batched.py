@@ -3,10 +3,10 @@
 What `python -m experiments.mnist_compare` does with `--batch-runs S` against
 `--batch-runs 1`, on the paper MLP (784-1024-1024-10, SGD, batch 64), S = 5 seeds:
 
-- `alone`: the experiment's single-run chunk (`_mnist_train._prepare`'s, `steps` steps
-  in one `lax.scan`) called once per seed, one seed after the other;
-- `batched`: the experiment's batched chunk (`_mnist_batched.make_batched_chunk_fn`)
-  called once for all S seeds.
+- `alone`: the experiment's single-run chunk (`experiments.runner.make_chunk_fn`,
+  `steps` steps in one `lax.scan`) called once per seed, one seed after the other;
+- `batched`: the experiment's batched chunk
+  (`experiments.runner.make_batched_chunk_fn`) called once for all S seeds.
 
 Both are compiled before timing and timed in interleaved rounds (alternating
 order) in one process; `seed_steps_per_s = S * steps / seconds`, and
@@ -30,43 +30,46 @@ ESTIMATORS = ("backprop", "fwd-gaussian", "fwd-gaussian-hash")
 
 
 def _runners(estimator: str, model: str, seeds: int, steps: int) -> dict[str, Any]:
-    from experiments import _mnist_batched, _mnist_train
+    from experiments import registry, runner
 
-    from fwdeqx import data
+    import fwdeqx
+    from fwdeqx import models
 
-    from .loop import _synthetic_dataset
+    from .loop import _synthetic_dataset, run_setup
 
     dataset = _synthetic_dataset(4096, 64)
-    shared = {"dataset": "synthetic", "model": model, "optimizer": "sgd",
-              "lr": 1e-4, "estimator": estimator, "iterations": steps,
-              "eval_every": steps}  # fmt: skip
-    configs = [_mnist_train.RunConfig(seed=seed, **shared) for seed in range(seeds)]
-    cache: dict = {}  # the seeds share one jitted chunk, as in the experiment
-    prepared = [
-        _mnist_train._prepare(c, dataset, data.to_float, cache) for c in configs
+    cache = runner.Cache()  # the seeds share one jitted chunk, as in the experiment
+    setups = [
+        run_setup(estimator, model, dataset, cache, seed=seed, steps=steps, lr=1e-4)
+        for seed in range(seeds)
     ]
-    layout = configs[0].layout()
-    chunks = [
-        next(_mnist_train.run_chunks(c, dataset, data.batches, layout)) for c in configs
-    ]
-    single = prepared[0].chunk_fn  # the single-run chunk of the experiment
-    batched = _mnist_batched.make_batched_chunk_fn(configs[0], prepared[0].static)
-    stack = _mnist_batched._stack
+    trainings = [setup["training"] for setup in setups]
+    chunks = [setup["chunk"] for setup in setups]
+    single = trainings[0].program.fn  # the single-run chunk of the experiment
+    batched = runner.make_batched_chunk_fn(
+        lambda lr: fwdeqx.make_step(
+            lambda m, b: models.cross_entropy(m, *b),
+            registry.make_optimizer("sgd", lr),
+            registry.make_estimator(estimator),
+        ),
+        setups[0]["static"],
+    )
     start = jnp.int32(0)
     # The chunks donate their state: every call gets fresh copies.
     alone_args = [
-        (p.params, p.opt_state, jnp.asarray(xs), jnp.asarray(ys), p.train_key, start)
-        for p, (xs, ys) in zip(prepared, chunks, strict=True)
+        (t.carry, t.consts, jnp.asarray(xs), jnp.asarray(ys), start)
+        for t, (xs, ys) in zip(trainings, chunks, strict=True)
     ]
     batched_args = (
-        stack([p.params for p in prepared]),
-        stack([p.opt_state for p in prepared]),
-        jnp.ones(seeds, bool),
-        jnp.full(seeds, jnp.inf, jnp.float32),
-        jnp.full(seeds, 1e-4, jnp.float32),
+        (
+            runner.stack([t.carry[0] for t in trainings]),
+            runner.stack([t.carry[1] for t in trainings]),
+            jnp.ones(seeds, bool),
+            jnp.full(seeds, jnp.inf, jnp.float32),
+        ),
+        (jnp.full(seeds, 1e-4, jnp.float32), jnp.stack([t.consts for t in trainings])),
         jnp.asarray(np.stack([xs for xs, _ in chunks], axis=1)),
         jnp.asarray(np.stack([ys for _, ys in chunks], axis=1)),
-        jnp.stack([p.train_key for p in prepared]),
         start,
     )
 

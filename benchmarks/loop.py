@@ -5,11 +5,11 @@ interleaved rounds so that drift of the machine hits them alike:
 
 - `raw`: `fwdeqx.make_step` called in a Python loop on one batch already on the
   device, synchronised once at the end: the cost of the steps alone.
-- `scan` (what `experiments.mnist_compare` runs): the real loop,
-  `experiments._mnist_train.train_run`, i.e. chunks of `eval_every` steps in one
-  jitted `lax.scan`, fed by `fwdeqx.data.batches` (the next chunk is loaded while
-  the device computes), losses fetched once per chunk; its recorded training time
-  excludes compilation and evaluation, as in the experiment.
+- `scan` (what `experiments.mnist_compare` runs): the experiments' loop,
+  `experiments.runner.train_chunks`, i.e. chunks of `steps` steps in one jitted
+  `lax.scan`, fed by `fwdeqx.data.batches` (the next chunk is loaded while the
+  device computes), losses fetched once per chunk; its training time excludes
+  compilation and evaluation, as in the experiment.
 - `python`: the alternative: the jitted step in a Python loop fed by
   `fwdeqx.data.batches` one batch at a time, losses kept on the device and fetched
   once per chunk.
@@ -22,6 +22,7 @@ import time
 import types
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,6 +42,40 @@ def _synthetic_dataset(num_train: int, num_val: int) -> types.SimpleNamespace:
         val_images=rng.integers(0, 256, (num_val, 28, 28), dtype=np.uint8),
         val_labels=rng.integers(0, 10, num_val).astype(np.int32),
     )
+
+
+def run_setup(
+    estimator: str, model: str, dataset, cache, *, seed: int, steps: int, lr: float
+) -> dict[str, Any]:
+    """What `experiments.mnist_compare` trains for one run with plain SGD, from the
+    registry and the runner: the step, the `runner.Training` of its chunk program
+    (shared through the `runner.Cache` `cache`, initial state from `key(seed)`)
+    and its first `steps` batches (seed `seed`'s order) stacked as one chunk."""
+    from experiments import registry, runner
+
+    import fwdeqx
+    from fwdeqx import data, models
+
+    model_key, train_key = jax.random.split(jax.random.key(seed))
+    network = registry.MODELS[model](key=model_key)
+    step = fwdeqx.make_step(
+        lambda m, b: models.cross_entropy(m, *b),
+        registry.make_optimizer("sgd", lr),
+        registry.make_estimator(estimator),
+    )
+    params, static = eqx.partition(network, eqx.is_array)
+    program = cache.program(
+        (estimator, model, lr), lambda: runner.make_chunk_fn(step, static)
+    )
+    layout = "image" if model == "cnn" else "flat"
+    batches = data.batches(dataset.train_images, dataset.train_labels, seed=seed,
+                           num_steps=steps, layout=layout)  # fmt: skip
+    return {
+        "step": step,
+        "static": static,
+        "training": runner.Training(program, (params, step.init(network)), train_key),
+        "chunk": next(runner.stacked_chunks(iter(batches), [steps])),
+    }
 
 
 def _raw(step, model, opt_state, batch, keys) -> float:
@@ -66,44 +101,24 @@ def _python_loop(step, model, opt_state, batch_iter, key, steps: int) -> float:
 
 
 def _measure(estimator: str, dataset, steps: int, repeats: int) -> dict[str, Any]:
-    import optax
-    from experiments import _mnist_train, _registry
+    from experiments import runner
 
-    import fwdeqx
-    from fwdeqx import data, models
+    from fwdeqx import data
 
-    config = _mnist_train.RunConfig(
-        dataset=dataset.name,
-        model="mlp",
-        optimizer="sgd",
-        lr=1e-3,
-        estimator=estimator,
-        seed=0,
-        iterations=steps,
-        eval_every=steps,
-    )
-    step = fwdeqx.make_step(
-        lambda m, b: models.cross_entropy(m, *b),
-        optax.sgd(1e-3),
-        _registry.make_estimator(estimator),
-    )
-    model = models.MLP(key=jax.random.key(0))
+    cache = runner.Cache()
+    setup = run_setup(estimator, "mlp", dataset, cache, seed=0, steps=steps, lr=1e-3)
+    step = setup["step"]
+    model = eqx.combine(setup["training"].carry[0], setup["static"])
     opt_state = step.init(model)
     first = next(iter(data.batches(dataset.train_images, dataset.train_labels)))
     batch = (jnp.asarray(first[0]), jnp.asarray(first[1]))
     keys = list(jax.random.split(jax.random.key(1), steps))
     batch_iter = iter(data.batches(dataset.train_images, dataset.train_labels))
-    cache: dict = {}
 
     def scan_loop() -> float:
-        record = _mnist_train.train_run(
-            config,
-            dataset,
-            batches=data.batches,
-            to_float=data.to_float,
-            cache=cache,
-        )
-        return record["train_time"] / steps
+        run = run_setup(estimator, "mlp", dataset, cache, seed=0, steps=steps, lr=1e-3)
+        chunks = runner.train_chunks(run["training"], iter([run["chunk"]]), [steps])
+        return sum(chunk.seconds for chunk in chunks) / steps
 
     runners = {
         "raw": lambda: _raw(step, model, opt_state, batch, keys),

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
-from ._report import environment, output_dir, write_json
+from .runner import environment, output_dir, write_json
 
 
 def parse_args(name: str, description: str, argv: Sequence[str] | None):

@@ -7,9 +7,10 @@ import stat
 
 import numpy as np
 import pytest
-from experiments import _local_train, local_losses
+from experiments import local_losses
+from experiments.local_losses import _train
 
-from fwdeqx import data
+from fwdeqx.data._idx import write_idx
 
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -35,8 +36,8 @@ def _write_idx_dataset(folder, seed: int = 0, flip_label: bool = False):
         for index, label in enumerate(labels):
             row, col = divmod(int(label), 4)
             images[index, 7 * row : 7 * row + 7, 7 * col : 7 * col + 7] = 255
-        data.write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
-        data.write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
     return folder
 
 
@@ -147,7 +148,7 @@ def test_resume_skips_finished_runs(finished, monkeypatch, capsys):
     def fail(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(_local_train, "train_run", fail)
+    monkeypatch.setattr(_train, "train_run", fail)
     local_losses.main(args)
     assert (out / "runs.jsonl").read_text() == before
     assert capsys.readouterr().out.count("skipped") == 4
@@ -209,7 +210,7 @@ def test_interrupt_exits_130(idx_dir, tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_local_train, "train_run", interrupted)
+    monkeypatch.setattr(_train, "train_run", interrupted)
     with pytest.raises(SystemExit) as error:
         local_losses.main(_args(idx_dir, tmp_path / "out", "--methods", "backprop"))
     assert error.value.code == 130
@@ -254,6 +255,6 @@ def test_mixer_trains(idx_dir, tmp_path):
 
 
 def test_chunk_sizes():
-    assert _local_train.chunk_sizes(937) == [188, 188, 187, 187, 187]
-    assert _local_train.chunk_sizes(8) == [8]
-    assert sum(_local_train.chunk_sizes(401)) == 401
+    assert _train.chunk_sizes(937) == [188, 188, 187, 187, 187]
+    assert _train.chunk_sizes(8) == [8]
+    assert sum(_train.chunk_sizes(401)) == 401

@@ -1,13 +1,15 @@
-"""Seed- and learning-rate-batched training of a grid cell (`_mnist_batched`): each
-member sees its own run's batches and tangents, agrees with the run trained alone,
-and a diverging member is frozen without touching the others."""
+"""Seed- and learning-rate-batched training of a grid cell
+(`mnist_compare._batched`): each member sees its own run's batches and tangents,
+agrees with the run trained alone, and a diverging member is frozen without
+touching the others."""
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from experiments import _mnist_batched, _mnist_train
+from experiments import runner
+from experiments.mnist_compare import _batched, _train
 
 from fwdeqx import data
 
@@ -25,13 +27,12 @@ def _configs(optimizer, estimator, members, iterations=200, eval_every=50):
     shared = {"dataset": "mnist", "model": "logreg", "optimizer": optimizer,
               "estimator": estimator, "iterations": iterations,
               "eval_every": eval_every}  # fmt: skip
-    return [_mnist_train.RunConfig(lr=lr, seed=seed, **shared) for lr, seed in members]
+    return [_train.RunConfig(lr=lr, seed=seed, **shared) for lr, seed in members]
 
 
 def _train_alone_and_batched(configs, dataset):
-    options = {"batches": data.batches, "to_float": data.to_float}
-    alone = [_mnist_train.train_run(c, dataset, **options) for c in configs]
-    return alone, _mnist_batched.train_cell(configs, dataset, **options)
+    alone = [_train.train_run(c, dataset) for c in configs]
+    return alone, _batched.train_cell(configs, dataset)
 
 
 def assert_same_run(batched, alone):
@@ -46,10 +47,10 @@ def assert_same_run(batched, alone):
 
 def test_members_see_exactly_their_runs_batches(dataset):
     configs = _configs("sgd", "fwd-gaussian", [(0.1, 0), (0.01, 1), (0.01, 0)], 120)
-    chunks = _mnist_batched._member_chunks(configs, dataset, data.batches, "flat")
+    chunks = _batched._member_chunks(configs, dataset)
     stacked = list(chunks)
     for column, config in enumerate(configs):
-        alone = list(_mnist_train.run_chunks(config, dataset, data.batches, "flat"))
+        alone = list(_train.run_chunks(config, dataset))
         assert len(alone) == len(stacked) == 3
         for (xs, ys), (bxs, bys) in zip(alone, stacked, strict=True):
             np.testing.assert_array_equal(bxs[:, column], xs)
@@ -94,20 +95,24 @@ def test_diverged_member_is_frozen_inside_a_chunk(dataset):
     """In the chunk where lr 1e6 blows up, its parameters stop at the last finite
     state (unfrozen they would be inf/NaN) and `alive` marks it."""
     configs = _configs("sgd", "fwd-gaussian", [(0.05, 0), (1e6, 0)], 20, 20)
-    prepared = [_mnist_train._prepare(c, dataset, data.to_float, {}) for c in configs]
-    chunk = _mnist_batched.make_batched_chunk_fn(configs[0], prepared[0].static)
-    xs, ys = next(_mnist_batched._member_chunks(configs, dataset, data.batches, "flat"))
-    stack = _mnist_batched._stack
+    prepared = [_train.prepare(c, dataset, runner.Cache()) for c in configs]
+    chunk = _batched.make_batched_chunk_fn(configs[0], prepared[0].static)
+    xs, ys = next(_batched._member_chunks(configs, dataset))
+    stack = runner.stack
     with jax.numpy_dtype_promotion("standard"):
-        params, _, alive, threshold, losses = chunk(
-            stack([p.params for p in prepared]),
-            stack([p.opt_state for p in prepared]),
-            jnp.ones(2, bool),
-            jnp.full(2, jnp.inf),
-            jnp.asarray([0.05, 1e6], jnp.float32),
+        (params, _, alive, threshold), losses = chunk(
+            (
+                stack([p.training.carry[0] for p in prepared]),
+                stack([p.training.carry[1] for p in prepared]),
+                jnp.ones(2, bool),
+                jnp.full(2, jnp.inf),
+            ),
+            (
+                jnp.asarray([0.05, 1e6], jnp.float32),
+                jnp.stack([p.training.consts for p in prepared]),
+            ),
             xs,
             ys,
-            jnp.stack([p.train_key for p in prepared]),
             jnp.int32(0),
         )
     assert alive.tolist() == [True, False]
@@ -124,20 +129,20 @@ def test_group_cells_keeps_grid_order_and_splits_large_cells():
         *_configs("sgd", "fwd-gaussian", [(0.1, 0)]),
         *_configs("sgd", "backprop", [(0.01, 0), (0.01, 1)]),
     ]
-    cells = _mnist_batched.group_cells(configs)
+    cells = _batched.group_cells(configs)
     assert [len(cell) for cell in cells] == [4, 1]
     assert [(c.lr, c.seed) for c in cells[0]] == [(0.1, 0), (0.1, 1), (0.01, 0),
                                                   (0.01, 1)]  # fmt: skip
-    assert [len(cell) for cell in _mnist_batched.group_cells(configs, 3)] == [3, 1, 1]
-    assert len(_mnist_batched.group_cells(configs, 1)) == 5
+    assert [len(cell) for cell in _batched.group_cells(configs, 3)] == [3, 1, 1]
+    assert len(_batched.group_cells(configs, 1)) == 5
     with pytest.raises(ValueError, match="at least 1"):
-        _mnist_batched.group_cells(configs, 0)
+        _batched.group_cells(configs, 0)
     with pytest.raises(ValueError, match="more than seed and lr"):
-        _mnist_batched.train_cell(configs[:3], None, batches=None, to_float=None)
+        _batched.train_cell(configs[:3], None)
     with pytest.raises(ValueError, match="no runs"):
-        _mnist_batched.train_cell([], None, batches=None, to_float=None)
+        _batched.train_cell([], None)
 
 
 def test_auto_batches_whole_cells_on_accelerators_only():
-    assert _mnist_batched.auto_max_members("cpu") == 1
-    assert _mnist_batched.auto_max_members("gpu") is None
+    assert _batched.auto_max_members("cpu") == 1
+    assert _batched.auto_max_members("gpu") is None

@@ -8,9 +8,11 @@ import stat
 
 import numpy as np
 import pytest
-from experiments import _mnist_report, _registry, mnist_compare
+from experiments import mnist_compare, registry, runner
+from experiments.mnist_compare import _report
 
 from fwdeqx import data
+from fwdeqx.data._idx import write_idx
 
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -32,8 +34,8 @@ def idx_dir(tmp_path_factory):
     rng = np.random.default_rng(0)
     for prefix, count in (("train", 256), ("t10k", 100)):
         labels = rng.integers(0, 10, count).astype(np.uint8)
-        data.write_idx(folder / f"{prefix}-images-idx3-ubyte", _images(rng, labels))
-        data.write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", _images(rng, labels))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
     return folder
 
 
@@ -162,7 +164,7 @@ def test_written_files_have_normal_modes(finished):
 
 
 def test_write_atomic_honours_umask(tmp_path):
-    from experiments._report import write_atomic
+    from experiments.runner import write_atomic
 
     old = os.umask(0o027)
     try:
@@ -262,7 +264,7 @@ def test_cli_batched_grid_matches_and_resumes_by_cell(finished, tmp_path, capsys
     ],
 )
 def test_invalid_arguments_exit_with_one_line(extra, message, tmp_path, monkeypatch):
-    monkeypatch.setattr(mnist_compare, "load_data", _no_work)
+    monkeypatch.setattr(runner._cli, "load_data", _no_work)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as info:
         mnist_compare.main(["--out", str(out), *extra])
@@ -273,7 +275,7 @@ def test_invalid_arguments_exit_with_one_line(extra, message, tmp_path, monkeypa
 
 
 def test_unwritable_out_exits_before_work(tmp_path, monkeypatch):
-    monkeypatch.setattr(mnist_compare, "load_data", _no_work)
+    monkeypatch.setattr(runner._cli, "load_data", _no_work)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(SystemExit) as info:
@@ -288,31 +290,31 @@ def _no_work(*args, **kwargs):
 
 
 def test_registry_specs():
-    assert _registry.parse_estimator_spec("fwd-gaussian") == ("fwd-gaussian", 1)
-    assert _registry.parse_estimator_spec("fwd-gaussian-k4") == ("fwd-gaussian", 4)
-    assert _registry.make_estimator("fwd-rademacher-k3").num_forward_passes == 3
-    assert _registry.make_estimator("backprop").num_forward_passes == 1
+    assert registry.parse_estimator_spec("fwd-gaussian") == ("fwd-gaussian", 1)
+    assert registry.parse_estimator_spec("fwd-gaussian-k4") == ("fwd-gaussian", 4)
+    assert registry.make_estimator("fwd-rademacher-k3").num_forward_passes == 3
+    assert registry.make_estimator("backprop").num_forward_passes == 1
     with pytest.raises(ValueError, match="K must be at least 1"):
-        _registry.parse_estimator_spec("fwd-gaussian-k0")
+        registry.parse_estimator_spec("fwd-gaussian-k0")
 
 
 def test_time_to_match_reached():
     # Backprop's lowest loss 0.5 is first reached at t=3 (again at t=4).
-    t_b, t_f = _mnist_report.time_to_match(
+    t_b, t_f = _report.time_to_match(
         [1, 2, 3, 4, 5], [2.0, 1.0, 0.5, 0.5, 0.7], [2, 4, 6, 8], [1.5, 0.9, 0.5, 0.4]
     )
     assert (t_b, t_f) == (3, 6)
 
 
 def test_time_to_match_never_reached():
-    t_b, t_f = _mnist_report.time_to_match(
+    t_b, t_f = _report.time_to_match(
         [1, 2, 3], [1.0, 0.3, 0.4], [1, 2, 3, 4], [0.9, None, 0.31, float("nan")]
     )
     assert (t_b, t_f) == (2, None)
 
 
 def test_time_to_match_without_finite_backprop():
-    assert _mnist_report.time_to_match([1, 2], [None, None], [1], [0.1]) == (
+    assert _report.time_to_match([1, 2], [None, None], [1], [0.1]) == (
         None,
         None,
     )
@@ -340,7 +342,7 @@ def test_summary_ratio_and_never():
         _run("fwd-rademacher", 0, [2, 4], [0.9, 0.8]),
         _run("fwd-rademacher", 1, [2, 4], [0.9, 0.8]),
     ]
-    rows = {row["estimator"]: row for row in _mnist_report.summarise(runs)}
+    rows = {row["estimator"]: row for row in _report.summarise(runs)}
     assert rows["fwd-gaussian"]["T_f/T_b"] == 2.0
     assert rows["fwd-gaussian"]["reached"] == "1/2"
     assert rows["fwd-rademacher"]["T_f/T_b"] is None
@@ -349,7 +351,7 @@ def test_summary_ratio_and_never():
     assert rows["fwd-gaussian"]["val_gap_at_common_iteration"] == pytest.approx(
         (0.0 + 0.25) / 2
     )
-    table = _mnist_report.text_table(list(rows.values()))
+    table = _report.text_table(list(rows.values()))
     assert "never" in table
     assert "2.00 (1/2 seeds)" in table
 
@@ -391,8 +393,8 @@ def _write_idx(folder, train, test, seed=0, noise=False):
             if noise
             else _images(rng, labels)
         )
-        data.write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
-        data.write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
     return folder
 
 
@@ -462,14 +464,15 @@ def offline(tmp_path, monkeypatch):
     import dataclasses
 
     from fwdeqx.data import _datasets
+    from fwdeqx.data._specs import SPECS
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("FWDEQX_DATA_DIR", raising=False)
     for name in ("mnist", "fashion-mnist"):
         spec = dataclasses.replace(
-            data.SPECS[name], mirrors=(), system_dirs=(str(tmp_path / "sys"),)
+            SPECS[name], mirrors=(), system_dirs=(str(tmp_path / "sys"),)
         )
-        monkeypatch.setitem(data.SPECS, name, spec)
+        monkeypatch.setitem(SPECS, name, spec)
     monkeypatch.setattr(_datasets, "find_mnist_5k", lambda: None)
     return tmp_path
 
@@ -599,9 +602,9 @@ def test_help_shows_defaults_presets_estimators_optimizers(capsys):
     assert "(default: quick)" in text and "(default: mnist)" in text
     assert "quick: 2000, paper: 20000" in text  # --iterations per preset
     assert "presets (every flag given overrides" in text
-    for name in _registry.ESTIMATORS:
+    for name in registry.ESTIMATORS:
         assert name in text
-    for name in _registry.OPTIMIZERS:
+    for name in registry.OPTIMIZERS:
         assert name in text
     assert "(default: None)" not in text
 
@@ -632,8 +635,8 @@ def _curve_run(optimizer, lr, estimator, seed, losses, initial=2.30, diverged_at
 
 
 def _claims(runs, divergent=None):
-    rows = _mnist_report.summarise(runs)
-    return rows, " ".join(_mnist_report.claims(rows, divergent or {}))
+    rows = _report.summarise(runs)
+    return rows, " ".join(_report.claims(rows, divergent or {}))
 
 
 def test_barely_trained_run_is_inconclusive():
@@ -671,7 +674,7 @@ def test_one_seed_has_no_spread_and_no_verdict():
         _curve_run("adam", 1e-3, "fwd-gaussian", 0, [2.2, 2.1, 2.0]),
     ]
     rows, text = _claims(runs)
-    table = _mnist_report.text_table(rows)
+    table = _report.text_table(rows)
     assert "±" not in table and "(1 seed)" in table
     assert "1 seeds" not in table + text
     assert "per iteration:** inconclusive (lr 0.1: 1 seed, at least 2 needed)" in text
@@ -685,7 +688,7 @@ def test_one_seed_has_no_spread_and_no_verdict():
         "model": "mlp", "iterations": 30, "batch_size": 64, "seeds": [0],
         "eval_every": 10, "command": "python -m experiments.mnist_compare",
     }  # fmt: skip
-    report = _mnist_report.report_markdown(
+    report = _report.report_markdown(
         title="t", config=config, rows=rows, figures=[], divergent_lrs={},
         lr_rationale="",
     )  # fmt: skip
@@ -747,33 +750,33 @@ def test_time_axis_is_steps_times_median_step_time_not_wall_time():
         "sgd/backprop": {"step_time": 0.01, "rounds": [0.01], "steps": 10},
         "sgd/fwd-gaussian": {"step_time": 0.02, "rounds": [0.02], "steps": 10},
     }
-    rows = _mnist_report.summarise([backprop, forward], step_times)
+    rows = _report.summarise([backprop, forward], step_times)
     row = next(r for r in rows if r["estimator"] == "fwd-gaussian")
     # Backprop's best (0.5) at iteration 30: T_b = 0.3 s; forward at 40: 0.8 s.
     assert row["T_b"] == pytest.approx(0.3) and row["T_f"] == pytest.approx(0.8)
     assert row["T_f/T_b"] == pytest.approx(0.8 / 0.3)
     assert row["T_f/T_b wall"] == pytest.approx(0.8 / 3.0)  # kept beside it
     assert row["step_time"] == 0.02
-    assert _mnist_report.run_times(forward, None) == forward["time"]
+    assert _report.run_times(forward, None) == forward["time"]
 
 
 def test_seeds_share_no_random_input(idx_dir):
     """Initialisation, tangent keys and batch order all change with the seed (two
     seeds diverging at the same iteration must not come from shared tangents)."""
     import jax
-    from experiments import _mnist_train
+    from experiments.mnist_compare import _train
 
     ds = data.load_dataset("mnist", data_dir=idx_dir)
     prepared = []
     for seed in (0, 1):
-        config = _mnist_train.RunConfig(
+        config = _train.RunConfig(
             dataset="mnist", model="logreg", optimizer="sgd", lr=0.1,
             estimator="fwd-gaussian", seed=seed, iterations=10, eval_every=10,
         )  # fmt: skip
-        prepared.append(_mnist_train._prepare(config, ds, data.to_float, {}))
-    keys = [jax.random.key_data(p.train_key).tolist() for p in prepared]
+        prepared.append(_train.prepare(config, ds, runner.Cache()).training)
+    keys = [jax.random.key_data(p.consts).tolist() for p in prepared]
     assert keys[0] != keys[1]
-    weights = [np.asarray(jax.tree.leaves(p.params)[0]) for p in prepared]
+    weights = [np.asarray(jax.tree.leaves(p.carry[0])[0]) for p in prepared]
     assert not np.array_equal(weights[0], weights[1])
     first = [
         next(iter(data.batches(ds.train_images, ds.train_labels, seed=s)))[1]

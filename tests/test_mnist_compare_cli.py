@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fwdeqx import data
+from fwdeqx.data._idx import write_idx
 
 
 ROOT = Path(__file__).parents[1]
@@ -22,8 +22,8 @@ def test_ctrl_c_says_how_to_resume_and_keeps_finished_runs(tmp_path):
     for prefix, count in (("train", 128), ("t10k", 50)):
         labels = rng.integers(0, 10, count).astype(np.uint8)
         images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
-        data.write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", images)
-        data.write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", labels)
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", labels)
     out = tmp_path / "out"
     command = [
         sys.executable, "-m", "experiments.mnist_compare", "--model", "logreg",

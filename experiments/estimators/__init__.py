@@ -38,7 +38,7 @@ from typing import Any
 
 from fwdeqx import data
 
-from .._report import environment, output_dir, write_json
+from ..runner import environment, output_dir, write_json
 from ._markdown import write_report
 from ._plots import plot_quality, plot_training
 from ._presets import (

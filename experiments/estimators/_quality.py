@@ -13,7 +13,7 @@ import numpy as np
 import fwdeqx
 from fwdeqx import data, models
 
-from .._registry import make_estimator
+from ..registry import make_estimator
 from ._presets import QUALITY_METHODS, Preset
 
 
@@ -24,7 +24,7 @@ REGISTRY_SPECS = {
     "projection-lowrank": "fwd-lowrank-projection",
     "spsa": "spsa",
 }
-"""Each quality method's estimator in `experiments._registry`, which adds `-kK`."""
+"""Each quality method's estimator in `experiments.registry`, which adds `-kK`."""
 
 TRAINING_BATCH = 64
 LEARNING_RATE = 0.1

@@ -2,13 +2,12 @@
 `experiments.mnist_compare`), each appended to a JSONL file as it finishes so that a
 rerun resumes."""
 
-import time
 from pathlib import Path
 
 from fwdeqx import data
 
-from .._mnist_train import RunConfig, data_identity, train_run
-from .._report import append_jsonl, read_runs
+from ..mnist_compare import RunConfig, train_run
+from ..runner import Cache, data_identity, read_runs, train_grid
 from ._presets import Preset
 
 
@@ -88,23 +87,15 @@ def train_all(
 ) -> list[dict]:
     """Train the runs of `part` not yet in `out` (none when `train` is false) and
     return the records of all its finished runs, in the presets' order."""
-    path = out / ("design_runs.jsonl" if part == "design" else "runs.jsonl")
-    finished = read_runs(path)
-    cache: dict = {}
-    configs = _run_configs(preset, seeds, dataset, part, best_design_lrs(out))
-    for index, config in enumerate(configs):
-        if config.run_id in finished or not train:
-            continue
-        start = time.perf_counter()
-        record = train_run(
-            config, dataset, batches=data.batches, to_float=data.to_float, cache=cache
-        )
-        append_jsonl(path, record)
-        finished[config.run_id] = record
-        print(
-            f"[{index + 1}/{len(configs)}] {config.run_id}: final val loss "
-            f"{record['final_val_loss']}, train {record['train_time']:.1f}s "
-            f"(wall {time.perf_counter() - start:.1f}s)",
-            flush=True,
-        )
-    return [finished[c.run_id] for c in configs if c.run_id in finished]
+    cache = Cache()
+    return train_grid(
+        _run_configs(preset, seeds, dataset, part, best_design_lrs(out)),
+        out / ("design_runs.jsonl" if part == "design" else "runs.jsonl"),
+        lambda group: [train_run(group[0], dataset, cache=cache)],
+        label=lambda config: config.run_id,
+        status=lambda record: (
+            f"final val loss {record['final_val_loss']}, train "
+            f"{record['train_time']:.1f}s"
+        ),
+        groups=(lambda pending: [[c] for c in pending]) if train else lambda _: [],
+    )

@@ -1,27 +1,27 @@
 """Summaries of the MNIST comparison: T_b / T_f, per-configuration statistics,
 `summary.csv`, the stdout table and `report.md`.
 
-The pieces live in `_mnist_summary` (the rows), `_mnist_tables` (the tables and
-`summary.csv`) and `_mnist_verdicts` (the claims); this module renders `report.md`
+The pieces live in `_summary` (the rows), `_tables` (the tables and
+`summary.csv`) and `_verdicts` (the claims); this module renders `report.md`
 and re-exports them."""
 
 from typing import Any
 
-from ._mnist_summary import (
+from ._summary import (
     BACKPROP as BACKPROP,
     loss_at_common_iteration as loss_at_common_iteration,
     run_times as run_times,
     summarise as summarise,
     time_to_match as time_to_match,
 )
-from ._mnist_tables import (
+from ._tables import (
     markdown_table as markdown_table,
     seed_count,
     summary_csv as summary_csv,
     table_rows as table_rows,
     text_table as text_table,
 )
-from ._mnist_verdicts import (
+from ._verdicts import (
     LIKE as LIKE,
     MIN_LOSS_DROP as MIN_LOSS_DROP,
     MIN_SEEDS as MIN_SEEDS,

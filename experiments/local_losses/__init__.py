@@ -20,18 +20,18 @@ Outputs (in `--out`, default `results/local_losses/<preset>-<dataset>-<model>/`)
 `config.json`, `runs.jsonl` (one line per finished run with its per-epoch history;
 rerunning the same command skips finished runs), `summary.csv` (one row per method
 × model × seed), `accuracy_vs_epoch.png`, `accuracy_vs_time.png` and `report.md`.
+
+The presets and flags are in `_settings`, a run in `_train` (on `experiments.runner`),
+the summary and `report.md` in `_report`.
 """
 
-import os
-import shlex
-import signal
-import sys
 from pathlib import Path
 from typing import Any
 
-from ._local_cli import (
+from .. import registry, runner
+from ..runner import write_atomic, write_json
+from ._settings import (
     ARCH_DEFAULTS as ARCH_DEFAULTS,
-    DATASETS as DATASETS,
     LEARNING_RATES as LEARNING_RATES,
     LR_RATIONALE as LR_RATIONALE,
     OPTIMIZERS as OPTIMIZERS,
@@ -41,40 +41,18 @@ from ._local_cli import (
     parse_methods as parse_methods,
     resolve as resolve,
 )
-from ._local_train import METHOD_PARTS
-from ._report import (
-    append_jsonl,
-    check_output_dir,
-    environment,
-    output_dir,
-    read_runs,
-    write_atomic,
-    write_json,
-)
-
-
-def load_data(settings: Settings) -> Any:
-    """The dataset, its test set as the evaluation split (`mnist-5k`, which has
-    none, holds out 100 images per class: 4,000 train / 1,000 test)."""
-    from fwdeqx import data
-
-    try:
-        return data.load_dataset(
-            settings.dataset, data_dir=settings.data_dir, validation="test"
-        )
-    except (data.DatasetNotFoundError, data.IdxFormatError) as error:
-        raise SystemExit(f"error: {str(error).strip()}") from None
 
 
 def _num_tangents(method: str, settings: Settings) -> int:
     """K for the forward methods; 1 (unused) for the exact ones."""
-    return 1 if METHOD_PARTS[method][1] == "Backprop" else settings.num_tangents
+    exact = registry.method_parts(method)[1] == "Backprop"
+    return 1 if exact else settings.num_tangents
 
 
 def grid(settings: Settings, dataset: Any) -> list:
-    from ._local_train import RunConfig, data_identity
+    from ._train import RunConfig
 
-    identity = data_identity(dataset)
+    identity = runner.data_identity(dataset)
     return [
         RunConfig(
             dataset=dataset.name,
@@ -97,9 +75,9 @@ def grid(settings: Settings, dataset: Any) -> list:
 
 def write_outputs(out: Path, config: dict[str, Any], runs: list[dict]) -> str:
     """summary.csv, figures and report.md from `runs`; returns the stdout table."""
-    from . import _local_report
+    from . import _report
 
-    write_atomic(out / "summary.csv", _local_report.summary_csv(runs))
+    write_atomic(out / "summary.csv", _report.summary_csv(runs))
     arch = ", ".join(f"{k} {v}" for k, v in config["arch"].items())
     title = (
         f"{config['model']} ({arch}) on {config['dataset']['name']}: "
@@ -108,53 +86,41 @@ def write_outputs(out: Path, config: dict[str, Any], runs: list[dict]) -> str:
     )
     figures = ["accuracy_vs_epoch.png", "accuracy_vs_time.png"]
     for name, x_key in zip(figures, ("epoch", "time"), strict=True):
-        _local_report.plot_accuracy(runs, out / name, x_key=x_key, title=title)
-    report = _local_report.report_markdown(config=config, runs=runs, figures=figures)
+        _report.plot_accuracy(runs, out / name, x_key=x_key, title=title)
+    report = _report.report_markdown(config=config, runs=runs, figures=figures)
     write_atomic(out / "report.md", report)
-    return _local_report.text_table(runs)
+    return _report.text_table(runs)
+
+
+def _status(record: dict[str, Any]) -> str:
+    return (
+        f"test acc {record['test_acc']:.4f}, train acc {record['train_acc']:.4f}, "
+        f"{record['wall_s']:.0f} s" + (" (diverged)" if record["diverged"] else "")
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run the experiment (`runner.run_main`: clean Ctrl-C, exit status 130)."""
+    runner.run_main(run, argv)
+
+
+def run(argv: list[str]) -> None:
+    """The experiment; see the module docstring."""
     settings = resolve(build_parser().parse_args(argv))
-    try:
-        _run(settings, argv)
-    except KeyboardInterrupt:
-        print(
-            "\ninterrupted; rerun the same command to resume (finished runs are "
-            "kept in runs.jsonl)",
-            file=sys.stderr,
-            flush=True,
-        )
-        raise SystemExit(128 + signal.SIGINT) from None
 
+    from ._train import train_run
 
-def _run(settings: Settings, argv: list[str]) -> None:
-    if settings.out:
-        check_output_dir(settings.out)  # fail early; create it once the data loads
-
-    from tqdm import tqdm
-
-    from fwdeqx import data
-
-    from ._local_train import dataset_info, train_run
-
-    dataset = load_data(settings)
-    out = output_dir(
-        settings.out
-        or Path("results")
-        / "local_losses"
-        / f"{settings.preset}-{dataset.name}-{settings.model}"
-    )
+    dataset, out = runner.open_output(settings, "local_losses")
     standardize = dataset.pixel_stats()
+    parts = {method: registry.method_parts(method) for method in settings.methods}
     config = {
         "preset": settings.preset,
         "model": settings.model,
         "arch": settings.arch,
         "methods": {
             method: {
-                "objective": METHOD_PARTS[method][0],
-                "estimator": METHOD_PARTS[method][1],
+                "objective": parts[method][0],
+                "estimator": parts[method][1],
                 "optimizer": settings.optimizer,
                 "lr": settings.lrs[method],
                 "schedule": settings.schedule,
@@ -167,55 +133,29 @@ def _run(settings: Settings, argv: list[str]) -> None:
         "seeds": list(range(settings.seeds)),
         "batch_size": settings.batch_size,
         "input_standardization": list(standardize),
-        "dataset": dataset_info(dataset),
+        "dataset": runner.dataset_info(dataset, "test"),
         "data_dir": settings.data_dir,
         "out": str(out),
-        "command": shlex.join(["python", "-m", "experiments.local_losses", *argv]),
-        "environment": environment(),
-        "environment_variables": {
-            k: v for k, v in os.environ.items() if k.startswith(("JAX_", "XLA_"))
-        },
+        "command": runner.command("local_losses", argv),
+        **runner.machine(),
     }
     write_json(out / "config.json", config)
 
-    runs_path = out / "runs.jsonl"
-    finished = read_runs(runs_path)
-    cache: dict = {}
-    runs = []
-    configs = grid(settings, dataset)
-    for index, run_config in enumerate(configs):
-        record = finished.get(run_config.run_id)
-        label = (
-            f"[{index + 1}/{len(configs)}] {run_config.method} seed {run_config.seed}"
-        )
-        if record is None:
-            record = train_run(
-                run_config,
-                dataset,
-                batches=data.batches,
-                to_float=data.to_float,
-                progress=lambda **kw: tqdm(
-                    leave=False, file=sys.stderr, unit="step", **kw
-                ),
-                cache=cache,
-                standardize=standardize,
+    cache = runner.Cache()
+
+    runs = runner.train_grid(
+        grid(settings, dataset),
+        out / "runs.jsonl",
+        lambda group: [
+            train_run(
+                group[0], dataset, progress=True, cache=cache, standardize=standardize
             )
-            append_jsonl(runs_path, record)
-            status = (
-                f"test acc {record['test_acc']:.4f}, train acc "
-                f"{record['train_acc']:.4f}, {record['wall_s']:.0f} s"
-                + (" (diverged)" if record["diverged"] else "")
-            )
-        else:
-            status = "already in runs.jsonl, skipped"
-        print(f"{label}: {status}", flush=True)
-        runs.append(record)
+        ],
+        label=lambda config: f"{config.method} seed {config.seed}",
+        status=_status,
+    )
 
     table = write_outputs(out, config, runs)
     print(f"\nDataset: {dataset.name} (requested {dataset.requested})")
     print(table)
     print(f"\nOutputs in {out}")
-
-
-if __name__ == "__main__":
-    main()

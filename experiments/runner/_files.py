@@ -1,4 +1,4 @@
-"""Helpers shared by the experiments: output folders, atomic writes, headless plots.
+"""Output folders, atomic writes, runs.jsonl, `environment()`, headless plots.
 
 The experiment layer owns files and plots; the library never writes to disk (except
 the data cache).
@@ -107,20 +107,26 @@ def read_runs(path: Path) -> dict[str, dict[str, Any]]:
     return runs
 
 
-def environment() -> dict[str, str]:
-    """Versions and machine facts recorded with every result."""
+def versions() -> dict[str, str]:
+    """The versions of fwdeqx and the libraries its numbers depend on."""
     import importlib.metadata
 
-    import jax
-
-    versions = {}
+    found = {}
     for package in ("fwdeqx", "jax", "jaxlib", "equinox", "optax", "grain", "numpy"):
         try:
-            versions[package] = importlib.metadata.version(package)
+            found[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
-            versions[package] = "not installed"
+            found[package] = "not installed"
+    return found
+
+
+def environment() -> dict[str, str]:
+    """Versions and machine facts recorded with every result (experiments and
+    benchmarks)."""
+    import jax
+
     return {
-        **versions,
+        **versions(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),

@@ -36,8 +36,8 @@ from jax.flatten_util import ravel_pytree
 
 import fwdeqx
 
-from ._moments import moments
-from ._theory import finish, log_grid, master_key, mean_ci, parse_args, save_figure
+from .._moments import moments
+from .._theory import finish, log_grid, master_key, mean_ci, parse_args, save_figure
 
 
 NAME = "unbiasedness"
@@ -399,7 +399,3 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "results": results,
     }
     return finish(args.out, NAME, args, started, figures, record)
-
-
-if __name__ == "__main__":
-    main()

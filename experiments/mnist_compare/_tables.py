@@ -5,7 +5,7 @@ import csv
 import io
 from typing import Any
 
-from ._mnist_summary import BACKPROP
+from ._summary import BACKPROP
 
 
 def seed_count(count: int) -> str:

@@ -3,8 +3,8 @@
 
 from typing import Any
 
-from ._mnist_summary import BACKPROP
-from ._mnist_tables import ratio_text, seed_count
+from ._summary import BACKPROP
+from ._tables import ratio_text, seed_count
 
 
 # The evidence a verdict on a claim needs; below it the report says

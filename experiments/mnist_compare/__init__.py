@@ -19,19 +19,18 @@ only runs on the same data), `step_times.json`, `summary.csv`,
 `loss_vs_iteration.png`, `loss_vs_time.png`, `divergence.png` (when a run diverged)
 and `report.md`. How the learning rates were chosen: docs/mnist.md.
 
-The presets, flags and `--help` text are in `_mnist_cli`; the summaries and
-`report.md` in `_mnist_report`.
+The presets, flags and `--help` text are in `_settings`, a run in `_train` (one at
+a time) and `_batched` (seeds and learning rates of a cell together), both on
+`experiments.runner`; the summaries and `report.md` in `_report`.
 """
 
 import dataclasses
-import os
-import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
-from ._mnist_cli import (
-    DATASETS as DATASETS,
+from .. import runner
+from ..runner import write_atomic, write_json
+from ._settings import (
     LR_RATIONALE as LR_RATIONALE,
     MODELS as MODELS,
     PRESETS as PRESETS,
@@ -40,66 +39,12 @@ from ._mnist_cli import (
     build_parser as build_parser,
     resolve as resolve,
 )
-from ._report import (
-    append_jsonl,
-    check_output_dir,
-    environment,
-    output_dir,
-    read_runs,
-    write_atomic,
-    write_json,
-)
-
-
-INTERRUPTED = "interrupted; rerun the same command to resume"
-
-
-def load_data(settings: Settings) -> Any:
-    """The dataset, validated on the test split (`mnist-5k`, which has none,
-    holds out 100 images per class: 4,000 train / 1,000 validation).
-
-    Exits with the whole message (what was tried and how to fix it) when the data
-    cannot be found or read. The offline fallback's warning is printed once, to
-    stderr."""
-    import warnings
-
-    from fwdeqx import data
-
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", data.DatasetFallbackWarning)
-            dataset = data.load_dataset(
-                settings.dataset, data_dir=settings.data_dir, validation="test"
-            )
-    except (data.DatasetNotFoundError, data.IdxFormatError) as error:
-        raise SystemExit(f"error: {str(error).strip()}") from None
-    for warning in caught:
-        if issubclass(warning.category, data.DatasetFallbackWarning):
-            print(f"warning: {warning.message}", file=sys.stderr, flush=True)
-        else:  # not ours to swallow
-            warnings.warn_explicit(
-                warning.message, warning.category, warning.filename, warning.lineno
-            )
-    return dataset
-
-
-def dataset_info(dataset: Any) -> dict[str, Any]:
-    return {
-        "name": dataset.name,
-        "requested": dataset.requested,
-        "source": str(dataset.source),
-        "validation": str(dataset.validation),
-        "num_train": len(dataset.train_labels),
-        "num_val": len(dataset.val_labels),
-        "fingerprint": dataset.fingerprint,
-    }
+from ._train import RunConfig as RunConfig, train_run as train_run
 
 
 def grid(settings: Settings, dataset: Any) -> list:
     """Every run of the grid, keyed on the data (`RunConfig.data`)."""
-    from ._mnist_train import RunConfig, data_identity
-
-    identity = data_identity(dataset)
+    identity = runner.data_identity(dataset)
     return [
         RunConfig(
             dataset=dataset.name,
@@ -122,7 +67,7 @@ def grid(settings: Settings, dataset: Any) -> list:
 def timing_configs(configs: list) -> list:
     """One configuration per (optimizer, estimator) to time: its smallest lr (the
     least likely to diverge; a step costs the same at any lr), seed 0."""
-    from ._mnist_train import step_time_key
+    from ._train import step_time_key
 
     chosen: dict[str, Any] = {}
     for config in configs:
@@ -140,21 +85,20 @@ def write_outputs(
     step_times: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     """summary.csv, figures and report.md from `runs`; returns the stdout table."""
-    from . import _mnist_plots, _mnist_report
+    from . import _plots, _report
 
-    rows = _mnist_report.summarise(runs, step_times)
-    write_atomic(out / "summary.csv", _mnist_report.summary_csv(rows))
+    rows = _report.summarise(runs, step_times)
+    write_atomic(out / "summary.csv", _report.summary_csv(rows))
     name = config["dataset"]["name"]
     title = f"{settings.model.upper()} on {name}"
     figures = ["loss_vs_iteration.png", "loss_vs_time.png"]
-    _mnist_plots.plot_losses(
+    _plots.plot_losses(
         runs, out / figures[0], x_key="iteration", title=f"{title}: loss per iteration"
     )
     timed = [
-        {**run, "step_time_axis": _mnist_report.run_times(run, step_times)}
-        for run in runs
+        {**run, "step_time_axis": _report.run_times(run, step_times)} for run in runs
     ]
-    _mnist_plots.plot_losses(
+    _plots.plot_losses(
         timed,
         out / figures[1],
         x_key="step_time_axis",
@@ -172,7 +116,7 @@ def write_outputs(
     }
     if diverging:
         figures.append("divergence.png")
-        _mnist_plots.plot_losses(
+        _plots.plot_losses(
             runs,
             out / figures[-1],
             x_key="iteration",
@@ -181,7 +125,7 @@ def write_outputs(
         )
     else:
         (out / "divergence.png").unlink(missing_ok=True)
-    report = _mnist_report.report_markdown(
+    report = _report.report_markdown(
         title=f"Forward gradient vs backprop: {title}",
         config=config,
         rows=rows,
@@ -190,7 +134,7 @@ def write_outputs(
         lr_rationale=LR_RATIONALE,
     )
     write_atomic(out / "report.md", report)
-    return _mnist_report.text_table(rows)
+    return _report.text_table(rows)
 
 
 def _status(record: dict[str, Any]) -> str:
@@ -205,45 +149,25 @@ def _status(record: dict[str, Any]) -> str:
 TIMING_ROUNDS = 7
 
 
-def train_cells_runs(cell: list, dataset: Any, cache: dict) -> list[dict[str, Any]]:
+def train_cells_runs(
+    cell: list, dataset: Any, cache: runner.Cache
+) -> list[dict[str, Any]]:
     """The records of one cell's runs: one run alone, or several batched."""
-    from tqdm import tqdm
+    from ._batched import train_cell
 
-    from fwdeqx import data
-
-    from ._mnist_batched import train_cell
-    from ._mnist_train import train_run
-
-    options = {
-        "batches": data.batches,
-        "to_float": data.to_float,
-        "progress": lambda **kw: tqdm(leave=False, file=sys.stderr, **kw),
-        "cache": cache,
-    }
     if len(cell) == 1:
-        return [train_run(cell[0], dataset, **options)]
-    return train_cell(cell, dataset, **options)
+        return [train_run(cell[0], dataset, progress=True, cache=cache)]
+    return train_cell(cell, dataset, progress=True, cache=cache)
 
 
 def run(argv: list[str]) -> None:
     """The experiment; see the module docstring. `main` adds clean Ctrl-C."""
     settings = resolve(build_parser().parse_args(argv))
-    if settings.out:
-        check_output_dir(settings.out)
 
-    from fwdeqx import data
+    from ._batched import group_cells
+    from ._train import measure_step_times
 
-    from ._mnist_batched import group_cells
-    from ._mnist_train import measure_step_times
-
-    dataset = load_data(settings)
-    # Created only once the data loaded: a failure leaves no empty folder behind.
-    out = output_dir(
-        settings.out
-        or Path("results")
-        / "mnist_compare"
-        / f"{settings.preset}-{dataset.name}-{settings.model}"
-    )
+    dataset, out = runner.open_output(settings, "mnist_compare")
     config = {
         **{
             k: v
@@ -252,62 +176,32 @@ def run(argv: list[str]) -> None:
         },
         "seeds": list(range(settings.seeds)),
         "batch_size": 64,
-        "dataset": dataset_info(dataset),
+        "dataset": runner.dataset_info(dataset, "val"),
         "data_dir": settings.data_dir,
         "out": str(out),
-        "command": shlex.join(["python", "-m", "experiments.mnist_compare", *argv]),
+        "command": runner.command("mnist_compare", argv),
         "timing": {"rounds": TIMING_ROUNDS, "steps": settings.eval_every},
-        "environment": environment(),
-        "environment_variables": {
-            k: v for k, v in os.environ.items() if k.startswith(("JAX_", "XLA_"))
-        },
+        **runner.machine(),
     }
     write_json(out / "config.json", config)
 
-    runs_path = out / "runs.jsonl"
-    finished = read_runs(runs_path)
     configs = grid(settings, dataset)
-    others = len(set(finished) - {c.run_id for c in configs})
-    if others:
-        print(
-            f"note: {runs_path} also holds {others} run(s) of other settings or "
-            "other data; they are not counted here.",
-            flush=True,
-        )
-    cache: dict = {}
-    records = {c.run_id: finished[c.run_id] for c in configs if c.run_id in finished}
-    position = {c.run_id: index + 1 for index, c in enumerate(configs)}
-    for run_config in configs:
-        if run_config.run_id in records:
-            print(
-                f"[{position[run_config.run_id]}/{len(configs)}] "
-                f"{run_config.run_id}: already in runs.jsonl, skipped",
-                flush=True,
-            )
-    pending = [c for c in configs if c.run_id not in records]
-    for cell in group_cells(pending, settings.batch_runs):
-        for record in train_cells_runs(cell, dataset, cache):
-            append_jsonl(runs_path, record)
-            records[record["run_id"]] = record
-            print(
-                f"[{position[record['run_id']]}/{len(configs)}] {record['run_id']}: "
-                f"{_status(record)}",
-                flush=True,
-            )
-    runs = [records[c.run_id] for c in configs]
-
+    cache = runner.Cache()
+    runs = runner.train_grid(
+        configs,
+        out / "runs.jsonl",
+        lambda cell: train_cells_runs(cell, dataset, cache),
+        label=lambda config: config.run_id,
+        status=_status,
+        groups=lambda pending: group_cells(pending, settings.batch_runs),
+    )
     print(
         f"timing the steps: {TIMING_ROUNDS} interleaved rounds of "
         f"{settings.eval_every} steps per (optimizer, estimator)",
         flush=True,
     )
     step_times = measure_step_times(
-        timing_configs(configs),
-        dataset,
-        batches=data.batches,
-        to_float=data.to_float,
-        cache=cache,
-        rounds=TIMING_ROUNDS,
+        timing_configs(configs), dataset, cache=cache, rounds=TIMING_ROUNDS
     )
     write_json(out / "step_times.json", step_times)
     table = write_outputs(out, settings, config, runs, step_times)
@@ -317,15 +211,5 @@ def run(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the experiment; on Ctrl-C say how to resume and exit with status 130
-    (finished runs are already in runs.jsonl)."""
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        run(argv)
-    except KeyboardInterrupt:
-        print(f"\n{INTERRUPTED}", file=sys.stderr, flush=True)
-        raise SystemExit(130) from None
-
-
-if __name__ == "__main__":
-    main()
+    """Run the experiment (`runner.run_main`: clean Ctrl-C, exit status 130)."""
+    runner.run_main(run, argv)

@@ -12,7 +12,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ._local_train import METHOD_PARTS, METHODS
+from ..registry import METHODS, method_parts
 
 
 SUMMARY_COLUMNS = (
@@ -46,7 +46,7 @@ METHOD_LABELS = {
 
 
 def _order(method: str) -> int:
-    return METHODS.index(method) if method in METHODS else len(METHODS)
+    return list(METHODS).index(method) if method in METHODS else len(METHODS)
 
 
 def sorted_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -221,7 +221,7 @@ def report_markdown(
         acc = f"{100 * row['test_acc_mean']:.2f}" + (
             "" if acc_std is None else f" ± {100 * acc_std:.2f}"
         )
-        objective, estimator = METHOD_PARTS[method]
+        objective, estimator = method_parts(method)
         lines.append(
             f"| {model} | {method} | {objective} / {estimator} | "
             f"{hyper.get('num_tangents', 1)} | "

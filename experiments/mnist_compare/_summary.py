@@ -64,7 +64,7 @@ def run_times(
 ) -> list[float]:
     """A run's time axis: iteration × its configuration's median step time (measured
     interleaved, see `measure_step_times`) when known, else the raw wall time."""
-    from ._mnist_train import step_time_key
+    from ._train import step_time_key
 
     measured = (step_times or {}).get(step_time_key(run["config"]))
     if measured is None:
@@ -80,7 +80,7 @@ def summarise(
     validation loss and accuracy (non-diverged runs), the number diverged, and
     T_b, T_f, T_f/T_b against backprop with the same optimizer, lr and seed, on the
     step-time axis (`run_times`) and, beside it, on the raw wall-time axis."""
-    from ._mnist_train import step_time_key
+    from ._train import step_time_key
 
     by_config: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:

@@ -4,12 +4,10 @@ validated `Settings` before any work starts."""
 
 import argparse
 import dataclasses
-import math
 import textwrap
-from pathlib import Path
 from typing import Any
 
-from . import _registry
+from .. import registry, runner
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -46,25 +44,7 @@ LR_RATIONALE = (
     "learning rate of the paper's appendix figure), Adam 1e-4; paper preset SGD "
     "1e-4 and 3e-4 plus 3e-3, Adam 1e-4 and 1e-3."
 )
-DATASETS = ("mnist", "fashion-mnist", "mnist-5k")
-MODELS = ("mlp", "logreg", "cnn")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not usage + message
-        raise SystemExit(f"error: {message}")
-
-
-class _HelpFormatter(
-    argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter
-):
-    """Defaults shown (except where the preset supplies them: None), epilog kept
-    as written."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None:
-            return action.help
-        return super()._get_help_string(action)
+MODELS = tuple(registry.MODELS)
 
 
 def _preset_value(key: str) -> str:
@@ -119,9 +99,9 @@ def _epilog() -> str:
             ),
             "",
             "estimators (append -kK for K tangents, e.g. fwd-gaussian-k4):",
-            wrap(" ".join(sorted(_registry.ESTIMATORS))),
+            wrap(" ".join(sorted(registry.ESTIMATORS))),
             "optimizers:",
-            wrap(" ".join(sorted(_registry.OPTIMIZERS))),
+            wrap(" ".join(sorted(registry.OPTIMIZERS))),
             "",
             wrap(
                 "--dataset mnist without a local copy or internet falls back to the "
@@ -141,30 +121,17 @@ def _epilog() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="python -m experiments.mnist_compare",
+    parser = runner.experiment_parser(
+        "mnist_compare",
         description="Forward gradient vs backprop on MNIST (SGD and Adam).",
-        formatter_class=_HelpFormatter,
         epilog=_epilog(),
-    )
-    parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="quick", help="grid to run"
+        presets=PRESETS,
+        preset_help="grid to run",
+        seeds_help=f"number of seeds, run as 0..S-1 ({_preset_value('seeds')})",
+        dataset_help="dataset (mnist falls back to mnist-5k offline)",
     )
     parser.add_argument(
         "--model", choices=MODELS, help=f"model ({_preset_value('model')})"
-    )
-    parser.add_argument(
-        "--dataset",
-        choices=DATASETS,
-        default="mnist",
-        help="dataset (mnist falls back to mnist-5k offline)",
-    )
-    parser.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        help="folder holding the dataset's files (itself or DIR/<dataset>); used or "
-        "refused, never replaced by other data (default: $FWDEQX_DATA_DIR, the "
-        "user cache, system installs, then download)",
     )
     parser.add_argument(
         "--estimators",
@@ -192,12 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"training steps per run ({_preset_value('iterations')})",
     )
     parser.add_argument(
-        "--seeds",
-        type=int,
-        metavar="S",
-        help=f"number of seeds, run as 0..S-1 ({_preset_value('seeds')})",
-    )
-    parser.add_argument(
         "--eval-every",
         type=int,
         metavar="N",
@@ -211,12 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
         "learning rates of one (optimizer, estimator) cell, at most N at a time; 1 "
         "trains one run at a time; auto is 1 on CPU (where batching measured "
         "slower: docs/mnist.md) and a whole cell on GPU/TPU",
-    )
-    parser.add_argument(
-        "--out",
-        metavar="DIR",
-        help="output folder (default: results/mnist_compare/"
-        "<preset>-<dataset actually used>-<model>)",
     )
     return parser
 
@@ -246,14 +201,7 @@ def _parse_lrs(
     specific: dict[str, list[float]] = {}
     for value in values:
         name, _, number = value.rpartition("=")
-        try:
-            lr = float(number)
-        except ValueError:
-            raise SystemExit(
-                f"error: learning rate {value!r} is not a number"
-            ) from None
-        if not (math.isfinite(lr) and lr > 0):
-            raise SystemExit(f"error: learning rate must be > 0, got {value!r}")
+        lr = runner.parse_lr(number, "--lrs", value)
         if name:
             if name not in optimizers:
                 raise SystemExit(
@@ -277,7 +225,7 @@ def resolve(args: argparse.Namespace) -> Settings:
     estimators = tuple(args.estimators or preset["estimators"])
     for spec in estimators:
         try:
-            _registry.make_estimator(spec)
+            registry.make_estimator(spec)
         except ValueError as error:
             raise SystemExit(f"error: {error}") from None
     if len(set(estimators)) != len(estimators):
@@ -285,7 +233,7 @@ def resolve(args: argparse.Namespace) -> Settings:
     optimizers = tuple(args.optimizers or preset["optimizers"])
     for name in optimizers:
         try:
-            _registry.check_optimizer(name)
+            registry.check_optimizer(name)
         except ValueError as error:
             raise SystemExit(f"error: {error}") from None
     if args.lrs:
@@ -299,16 +247,8 @@ def resolve(args: argparse.Namespace) -> Settings:
                     f"{opt!r}; give one with --lrs {opt}=LR"
                 )
             lrs[opt] = tuple(preset["lrs"][opt])
-    for flag, value in (
-        ("--iterations", args.iterations),
-        ("--seeds", args.seeds),
-        ("--eval-every", args.eval_every),
-    ):
-        if value is not None and value < 1:
-            raise SystemExit(f"error: {flag} must be a positive integer, got {value}")
+    runner.check_flags(args, ("--iterations", "--eval-every"))
     batch_runs = _parse_batch_runs(args.batch_runs)
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise SystemExit(f"error: --data-dir {args.data_dir} is not a directory")
     iterations = args.iterations or preset["iterations"]
     eval_every = min(args.eval_every or preset["eval_every"], iterations)
     divergent = {
@@ -336,7 +276,7 @@ def resolve(args: argparse.Namespace) -> Settings:
 def _parse_batch_runs(value: str) -> int | None:
     """`--batch-runs`: a positive integer, or `auto` (see `auto_max_members`)."""
     if value == "auto":
-        from ._mnist_batched import auto_max_members
+        from ._batched import auto_max_members
 
         return auto_max_members()
     try:

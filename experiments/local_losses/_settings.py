@@ -3,14 +3,15 @@ text, and resolving them into `Settings`."""
 
 import argparse
 import dataclasses
-from pathlib import Path
+import textwrap
 from typing import Any
 
-from ._local_train import METHODS, MODELS
+from .. import registry, runner
 
 
-DATASETS = ("mnist", "fashion-mnist", "mnist-5k")
-OPTIMIZERS = ("adam", "sgd")
+METHODS = tuple(registry.METHODS)
+MODELS = tuple(registry.LOCAL_NETWORKS)
+OPTIMIZERS = ("adam", "sgd-m0.9")
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "mlp": {"width": 256, "depth": 2, "groups": 64},
     "cnn": {"channels": (32, 64, 64), "groups": 1},
@@ -65,46 +66,21 @@ PRESET_HELP = (
 ).format(q=PRESETS["quick"], p=PRESETS["paper"])
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows `(default: ...)` for flags with a fixed default; preset-dependent flags
-    (default None) say so in their own help."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.default in (None, [], argparse.SUPPRESS) or "default" in text:
-            return text
-        return f"{text} (default: %(default)s)"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not usage + message
-        raise SystemExit(f"error: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="python -m experiments.local_losses",
-        description=(
+    parser = runner.experiment_parser(
+        "local_losses",
+        description=textwrap.fill(
             "Forward gradients with activity perturbation and local losses "
             "(Ren et al. 2023) against backprop, on one fwdeqx.local network. "
-            + PRESET_HELP
+            + PRESET_HELP,
+            width=78,
         ),
-        formatter_class=_HelpFormatter,
-    )
-    parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="quick", help="see above"
-    )
-    parser.add_argument(
-        "--dataset",
-        choices=DATASETS,
-        default="mnist",
-        help="mnist-5k's test split is its 1,000 held-out images (100 per class); "
-        "mnist falls back to mnist-5k, with a warning, when it cannot be found",
-    )
-    parser.add_argument(
-        "--data-dir",
-        help="folder with the dataset's files; when given, the only place looked "
-        "(default: fwdeqx.data's resolution chain)",
+        presets=PRESETS,
+        preset_help="see above",
+        seeds_help="number of seeds 0, 1, ... (default: the preset's)",
+        dataset_help="mnist-5k's test split is its 1,000 held-out images (100 per "
+        "class); mnist falls back to mnist-5k, with a warning, when it cannot be "
+        "found",
     )
     parser.add_argument(
         "--model", choices=MODELS, help="the network (default: the preset's)"
@@ -115,9 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
         "preset's)",
     )
     parser.add_argument("--epochs", type=int, help="default: the preset's")
-    parser.add_argument(
-        "--seeds", type=int, help="number of seeds 0, 1, ... (default: the preset's)"
-    )
     parser.add_argument(
         "--lr",
         action="append",
@@ -130,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--optimizer",
         choices=OPTIMIZERS,
         default="adam",
-        help="for every method (sgd: momentum 0.9)",
+        help="for every method (sgd-m0.9: SGD with momentum 0.9)",
     )
     parser.add_argument(
         "--schedule",
@@ -177,10 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
         )
         + ")",
     )
-    parser.add_argument(
-        "--out",
-        help="output folder (default: results/local_losses/<preset>-<dataset>-<model>)",
-    )
     return parser
 
 
@@ -226,15 +195,7 @@ def _parse_lrs(values: list[str]) -> dict[str, float]:
                 f"error: --lr {value!r}: expected METHOD=LR with METHOD one of "
                 f"{','.join(METHODS)}"
             )
-        try:
-            lr = float(number)
-        except ValueError:
-            raise SystemExit(
-                f"error: --lr {value!r}: {number!r} is not a number"
-            ) from None
-        if not (lr > 0 and lr < float("inf")):
-            raise SystemExit(f"error: --lr {value!r}: the learning rate must be > 0")
-        lrs[method] = lr
+        lrs[method] = runner.parse_lr(number, "--lr", value)
     return lrs
 
 
@@ -243,17 +204,8 @@ def resolve(args: argparse.Namespace) -> Settings:
     any invalid value, before any work starts."""
     preset = PRESETS[args.preset]
     methods = parse_methods(args.methods) if args.methods else tuple(preset["methods"])
-    for flag, value in (
-        ("--epochs", args.epochs),
-        ("--seeds", args.seeds),
-        ("--batch-size", args.batch_size),
-        ("--num-tangents", args.num_tangents),
-        ("--width", args.width),
-        ("--depth", args.depth),
-        ("--groups", args.groups),
-    ):
-        if value is not None and value < 1:
-            raise SystemExit(f"error: {flag} must be a positive integer, got {value}")
+    flags = ("--batch-size", "--num-tangents", "--width", "--depth", "--groups")
+    runner.check_flags(args, ("--epochs", *flags))
     model = args.model or preset["model"]
     arch = dict(ARCH_DEFAULTS[model])
     if model == preset["model"]:
@@ -283,8 +235,6 @@ def resolve(args: argparse.Namespace) -> Settings:
             f"error: --groups {arch['groups']} must divide the {model}'s width "
             f"({', '.join(map(str, sizes))})"
         )
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise SystemExit(f"error: --data-dir {args.data_dir} is not a directory")
     return Settings(
         preset=args.preset,
         dataset=args.dataset,

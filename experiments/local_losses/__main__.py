@@ -1,0 +1,7 @@
+"""`python -m experiments.local_losses`."""
+
+from . import main
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""One training run of the local-losses experiment: model, method, optimizer, seed.
+
+A *method* is an objective and an estimator (`registry.METHODS`, Ren et al. 2023,
+Table 3). Every method trains the same `fl.LocalNetwork` (the global objective
+ignores the local heads except the last one, which is the network's output);
+accuracy is always that of the network's final output `model(x)`.
+
+The runner's loop (`runner.train_chunks`) runs the steps of an epoch in chunks of at
+most `CHUNK_STEPS` steps (one compile per chunk length and configuration, shared by
+the seeds); the whole test split is evaluated after every epoch. `wall_s` counts the
+training chunks (data loading included), not compilation or evaluation.
+"""
+
+import dataclasses
+import math
+from typing import Any
+
+import equinox as eqx
+import jax
+import numpy as np
+
+import fwdeqx
+
+from .. import registry, runner
+
+
+CHUNK_STEPS = 200
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one run's numbers."""
+
+    dataset: str
+    data: str  # the data's identity: sizes and content fingerprint (`data_identity`)
+    model: str
+    arch: tuple[tuple[str, Any], ...]  # the model builder's keyword arguments
+    method: str
+    optimizer: str
+    lr: float
+    schedule: str  # "cosine" (decay to 0 over the run) or "constant"
+    num_tangents: int
+    seed: int
+    epochs: int
+    batch_size: int
+
+    @property
+    def run_id(self) -> str:
+        return (
+            f"{self.dataset}-{self.data}-{self.model}-{arch_tag(self.arch)}-"
+            f"{self.method}-k{self.num_tangents}-{self.optimizer}-lr{self.lr:g}-"
+            f"{self.schedule}-"
+            f"b{self.batch_size}-e{self.epochs}-seed{self.seed}"
+        )
+
+    def layout(self) -> str:
+        return "flat" if self.model == "mlp" else "image"
+
+
+def arch_tag(arch: tuple[tuple[str, Any], ...]) -> str:
+    """A short readable tag of the architecture, e.g. `w1024-d3-g1`."""
+    short = {"width": "w", "depth": "d", "channels": "c", "groups": "g", "patch": "p"}
+    parts = []
+    for name, value in arch:
+        text = "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        parts.append(f"{short.get(name, name)}{text}")
+    return "-".join(parts)
+
+
+def chunk_sizes(steps_per_epoch: int, chunk_steps: int = CHUNK_STEPS) -> list[int]:
+    """An epoch cut into near-equal chunks of at most `chunk_steps` steps (at most
+    two distinct lengths, so at most two compiles)."""
+    count = math.ceil(steps_per_epoch / chunk_steps)
+    base, extra = divmod(steps_per_epoch, count)
+    return [base + 1] * extra + [base] * (count - extra)
+
+
+@runner.under_standard_promotion
+def train_run(
+    config: RunConfig,
+    dataset: Any,
+    *,
+    progress: bool = False,
+    cache: runner.Cache | None = None,
+    standardize: tuple[float, float] | bool = False,
+) -> dict[str, Any]:
+    """Train one run and return its record for `runs.jsonl`.
+
+    **Arguments:**
+
+    - `config`: the run.
+    - `dataset`: a `fwdeqx.data.Dataset` (its validation split is the test set).
+    - `progress`: whether to show a progress bar.
+    - `cache`: shared by the runs of a grid (one compile per configuration).
+    - `standardize`: the input scaling, as in `fwdeqx.data.batches`.
+
+    **Returns:**
+
+    A JSON-ready dict: the per-epoch history (mean training objective, test loss
+    and accuracy, cumulative training wall time), the final test loss and accuracy,
+    the accuracy on the whole training set, compile and wall times, and whether the
+    run diverged (a non-finite training objective).
+
+    One key per seed, split once: the initialisation and the tangents come from
+    `key(seed)`, the batch order from `seed` (fwdeqx.data.batches).
+    """
+    from fwdeqx import data
+
+    cache = runner.Cache() if cache is None else cache
+    layout = config.layout()
+    model_key, train_key = jax.random.split(jax.random.key(config.seed))
+    model = registry.make_local_network(config.model, dict(config.arch), key=model_key)
+    objective, estimator = registry.make_method(config.method, config.num_tangents)
+    steps_per_epoch = len(dataset.train_labels) // config.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"batch size {config.batch_size} exceeds the "
+            f"{len(dataset.train_labels)} training images"
+        )
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = registry.make_optimizer(
+        config.optimizer, config.lr, schedule=config.schedule, total_steps=total_steps
+    )
+    params, static = eqx.partition(model, eqx.is_array)
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    shared = dataclasses.replace(config, seed=0)
+    step = fwdeqx.make_step(objective, optimizer, estimator)
+    program = cache.program(shared, lambda: runner.make_chunk_fn(step, static))
+
+    def evaluator(split: str) -> runner.Evaluate:
+        images, labels = getattr(dataset, f"{split}_images"), f"{split}_labels"
+        return cache.evaluation(
+            (shared, split),
+            lambda: runner.make_evaluate(
+                static,
+                data.to_float(images, layout=layout, standardize=standardize),
+                np.asarray(getattr(dataset, labels)),
+            ),
+        )
+
+    evaluate_test = evaluator("val")
+    sizes = chunk_sizes(steps_per_epoch) * config.epochs
+    batches = data.batches(
+        dataset.train_images,
+        dataset.train_labels,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        num_steps=total_steps,
+        layout=layout,
+        standardize=standardize,
+    )
+    training = runner.Training(program, (params, opt_state), train_key)
+    history = runner.new_curves(
+        ("epoch", "train_objective", "test_loss", "test_acc", "time")
+    )
+    initial_test_loss, initial_test_acc = evaluate_test(params)
+    compile_time = wall = 0.0
+    diverged = False
+    epoch_values: list[np.ndarray] = []
+    chunks = runner.stacked_chunks(iter(batches), sizes)
+    options = {"total": total_steps, "desc": config.method, "unit": "step"}
+    with runner.progress_bar(progress, **options) as bar:
+        for chunk in runner.train_chunks(training, chunks, sizes):
+            compile_time += chunk.compile_seconds
+            wall += chunk.seconds
+            epoch_values.append(chunk.losses)
+            bar.update(chunk.size)
+            if runner.first_divergent_step(chunk.losses, math.inf) is not None:
+                diverged = True
+                break
+            if training.done % steps_per_epoch == 0:
+                epoch = training.done // steps_per_epoch
+                evaluation = evaluate_test(training.carry[0])
+                values = np.concatenate(epoch_values)
+                runner.add_point(history, epoch, values, evaluation, wall)
+                epoch_values = []
+                bar.set_postfix(epoch=epoch, test_acc=f"{evaluation[1]:.4f}")
+
+    params = training.carry[0]
+    test_loss, test_acc = evaluate_test(params)
+    train_loss, train_acc = evaluator("train")(params)
+    return {
+        "run_id": config.run_id,
+        "config": dataclasses.asdict(config),
+        "dataset": runner.dataset_info(dataset, "test"),
+        "method": config.method,
+        "model": config.model,
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "steps": training.done,
+        "initial_test_loss": runner.finite_or_none(initial_test_loss),
+        "initial_test_acc": initial_test_acc,
+        "history": history,
+        "test_loss": runner.finite_or_none(test_loss),
+        "test_acc": test_acc,
+        "train_loss": runner.finite_or_none(train_loss),
+        "train_acc": train_acc,
+        "num_params": int(
+            sum(
+                x.size for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
+            )
+        ),
+        "wall_s": wall,
+        "compile_s": compile_time,
+        "diverged": diverged,
+    }

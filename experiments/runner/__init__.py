@@ -1,0 +1,53 @@
+"""The one runner of the training experiments (`mnist_compare`, `local_losses`,
+`estimators`) and the benchmarks that time their loop.
+
+- `_chunks`: the training loop over compiled `lax.scan` chunks (`Program`,
+  `Cache`, `Training`, `train_chunks`), single and seed/lr-batched chunk functions,
+  whole-split evaluation, divergence, the progress bar.
+- `_cli`: the common flags, loading the data, the output folder, resume, Ctrl-C.
+- `_files`: atomic writes, runs.jsonl, `environment()`.
+
+A distributed mode or in-run checkpoints belong in `train_chunks`, the one place
+where a run's state (`Training`) advances.
+"""
+
+from ._chunks import (
+    DIVERGENCE_FACTOR as DIVERGENCE_FACTOR,
+    Cache as Cache,
+    Chunk as Chunk,
+    Evaluate as Evaluate,
+    Training as Training,
+    add_point as add_point,
+    data_identity as data_identity,
+    finite_or_none as finite_or_none,
+    first_divergent_step as first_divergent_step,
+    make_batched_chunk_fn as make_batched_chunk_fn,
+    make_chunk_fn as make_chunk_fn,
+    make_evaluate as make_evaluate,
+    new_curves as new_curves,
+    progress_bar as progress_bar,
+    stack as stack,
+    stacked_chunks as stacked_chunks,
+    take as take,
+    train_chunks as train_chunks,
+    under_standard_promotion as under_standard_promotion,
+)
+from ._cli import (
+    check_flags as check_flags,
+    command as command,
+    dataset_info as dataset_info,
+    experiment_parser as experiment_parser,
+    machine as machine,
+    open_output as open_output,
+    parse_lr as parse_lr,
+    run_main as run_main,
+    train_grid as train_grid,
+)
+from ._files import (
+    environment as environment,
+    output_dir as output_dir,
+    read_runs as read_runs,
+    versions as versions,
+    write_atomic as write_atomic,
+    write_json as write_json,
+)

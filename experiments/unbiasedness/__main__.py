@@ -1,0 +1,7 @@
+"""`python -m experiments.unbiasedness`."""
+
+from . import main
+
+
+if __name__ == "__main__":
+    main()
