@@ -12,6 +12,8 @@ from experiments.local_losses import _train
 
 from fwdeqx.data._idx import write_idx
 
+from .test_mnist_compare import _fake_mnist_5k, offline  # noqa: F401 (fixture)
+
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _OUTPUTS = (
@@ -142,16 +144,21 @@ def test_report_table(finished):
 
 
 def test_resume_skips_finished_runs(finished, monkeypatch, capsys):
+    """A rerun trains nothing and leaves every output byte-identical."""
     out, args = finished
-    before = (out / "runs.jsonl").read_text()
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
 
     def fail(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(_train, "train_run", fail)
     local_losses.main(args)
-    assert (out / "runs.jsonl").read_text() == before
-    assert capsys.readouterr().out.count("skipped") == 4
+    after = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert sorted(after) == sorted(before)
+    assert [name for name in before if after[name] != before[name]] == []
+    stdout = capsys.readouterr().out
+    assert stdout.count("skipped") == 4
+    assert "[1/4] backprop seed 0: already in runs.jsonl, skipped" in stdout
 
 
 def test_resume_with_other_data_does_not_skip(tmp_path, capsys):
@@ -202,7 +209,8 @@ def test_missing_data_dir_is_refused(tmp_path):
         local_losses.main(_args(empty, tmp_path / "out", "--methods", "backprop"))
     assert "error:" in str(error.value)
     assert str(empty) in str(error.value)
-    assert "missing" in str(error.value)  # the whole message, not its first line
+    assert "missing" in str(error.value)  # what is missing, on one line
+    assert "\n" not in str(error.value)
     assert not (tmp_path / "out").exists()  # no empty output folder left behind
 
 
@@ -258,3 +266,19 @@ def test_chunk_sizes():
     assert _train.chunk_sizes(937) == [188, 188, 187, 187, 187]
     assert _train.chunk_sizes(8) == [8]
     assert sum(_train.chunk_sizes(401)) == 401
+
+
+def test_fallback_warning_is_one_clean_line(offline, monkeypatch, capsys):  # noqa: F811
+    """Like mnist_compare (the runner's one path): `warning: ...` once on stderr,
+    not a raw Python warning with its source line."""
+    from fwdeqx.data import _datasets
+
+    monkeypatch.setattr(_datasets, "find_mnist_5k", _fake_mnist_5k(offline))
+    argv = ["--dataset", "mnist", *_MLP, "--batch-size", "32", "--methods",
+            "backprop", "--epochs", "1", "--out", str(offline / "out")]  # fmt: skip
+    local_losses.main(argv)
+    err = capsys.readouterr().err
+    assert err.count("warning: MNIST NOT FOUND") == 1
+    assert "DatasetFallbackWarning" not in err and "load_dataset(" not in err
+    config = json.loads((offline / "out" / "config.json").read_text())
+    assert config["dataset"]["name"] == "mnist-5k"

@@ -135,7 +135,10 @@ def test_outputs_present_and_well_formed(finished):
     # Backprop diverged at 1e6 too (1/2 seeds): the lr is to blame, not forward.
     assert "diverge (sgd, lr 1e+06):** inconclusive (backprop diverged too" in report
     assert "How time was measured" in report
-    step_times = json.loads((out / "step_times.json").read_text())
+    timing = json.loads((out / "step_times.json").read_text())
+    assert timing["environment"] == config["environment"]
+    assert f"measured {timing['measured_at']} on " in report
+    step_times = timing["step_times"]
     assert set(step_times) == {
         f"{opt}/{est}"
         for opt in ("sgd", "adam")
@@ -195,6 +198,53 @@ def test_divergence_marked_and_grid_continues(finished):
     assert row["diverged"] == "2"
 
 
+def _outputs(out):
+    return {path.name: path.read_bytes() for path in sorted(out.iterdir())}
+
+
+def test_rerun_that_trains_nothing_leaves_every_output_byte_identical(finished, capsys):
+    """Every file (report.md, summary.csv, the PNGs, config.json, step_times.json)
+    stays byte for byte as it was: the step times are reused, not measured
+    again."""
+    out, args = finished
+    before = _outputs(out)
+    capsys.readouterr()
+    mnist_compare.main(args)
+    assert "step times: reusing" in capsys.readouterr().out
+    after = _outputs(out)
+    assert sorted(after) == sorted(before)
+    assert [name for name in before if after[name] != before[name]] == []
+
+
+def test_retime_steps_measures_again(finished, tmp_path, monkeypatch):
+    """--retime-steps measures the step times again (faked here) and changes
+    step_times.json and what depends on it, not config.json."""
+    import shutil
+
+    from experiments.mnist_compare import _train
+
+    out, args = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    argv = [*args]
+    argv[args.index("--out") + 1] = str(copy)
+    mnist_compare.main(argv)  # config.json now names the copy
+    config = (copy / "config.json").read_bytes()
+
+    def fake(configs, dataset, **kwargs):
+        return {
+            _train.step_time_key(c): {"step_time": 0.5, "rounds": [0.5], "steps": 1}
+            for c in configs
+        }
+
+    monkeypatch.setattr(_train, "measure_step_times", fake)
+    mnist_compare.main([*argv, "--retime-steps"])
+    timing = json.loads((copy / "step_times.json").read_text())
+    assert {t["step_time"] for t in timing["step_times"].values()} == {0.5}
+    assert "| 500.00 |" in (copy / "report.md").read_text()
+    assert (copy / "config.json").read_bytes() == config
+
+
 def test_resume_skips_finished_runs(finished, capsys):
     """An interrupted grid (the last run lost): the rerun skips the 11 finished
     runs and redoes only the lost one, with the same numbers (same seed, same
@@ -206,6 +256,9 @@ def test_resume_skips_finished_runs(finished, capsys):
     mnist_compare.main(args)
     stdout = capsys.readouterr().out
     assert stdout.count("already in runs.jsonl, skipped") == 11
+    positions = [line.split()[0] for line in stdout.splitlines() if line[:1] == "["]
+    assert positions == [f"[{k}/12]" for k in range(1, 13)]  # in order
+    assert all(len(line) <= 80 for line in stdout.splitlines() if line[:1] == "[")
     after = (out / "runs.jsonl").read_text().splitlines(keepends=True)
     assert after[:-1] == lines[:-1]
     rerun, original = json.loads(after[-1]), json.loads(lines[-1])
@@ -443,6 +496,9 @@ def test_resume_never_counts_runs_on_other_data(idx_dir, tmp_path, capsys):
     }
     report = (out / "report.md").read_text()
     assert "128 training / 50 validation images" in report
+    # No run diverged: divergence.png says so (the set of files stays the same).
+    assert (out / "divergence.png").read_bytes()[:8] == _PNG_MAGIC
+    assert "![divergence.png](divergence.png)" in report
     assert "| sgd | 0.05 | backprop | " in report
     # Same data again (a copy in another folder: same content): resumed.
     copy = tmp_path / "copy"
@@ -517,9 +573,10 @@ def test_empty_data_dir_is_refused_not_replaced(offline, monkeypatch, capsys):
     empty.mkdir()
     out = offline / "out"
     text = _exit_message(["--data-dir", str(empty), "--out", str(out)])
-    assert f"data_dir {empty} holds no usable 'mnist' dataset" in text
+    assert f"error: --data-dir {empty} holds no usable 'mnist' dataset" in text
     assert "missing train-images-idx3-ubyte[.gz]" in text
     assert "only place looked" in text
+    assert "\n" not in text
     assert "MNIST NOT FOUND" not in capsys.readouterr().err
     assert not out.exists()
 

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..registry import METHODS, method_parts
+from ..runner import save_figure
 
 
 SUMMARY_COLUMNS = (
@@ -311,12 +312,12 @@ def plot_accuracy(
     ax.set_xlabel("epoch" if x_key == "epoch" else "training wall time (s)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=10)
-    finals = [100 * r["test_acc"] for r in runs]
-    if finals:
-        low = max(0.0, min(finals) - 10)
-        ax.set_ylim(low, 100)
+    # Low enough for every epoch's accuracy (an early epoch of a slow method is
+    # far below the final ones), in steps of 5 points.
+    recorded = [100 * a for r in runs for a in r["history"]["test_acc"]]
+    if recorded:
+        ax.set_ylim(max(0.0, 5 * (min(recorded) // 5) - 5), 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

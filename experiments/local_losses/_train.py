@@ -158,7 +158,11 @@ def train_run(
     diverged = False
     epoch_values: list[np.ndarray] = []
     chunks = runner.stacked_chunks(iter(batches), sizes)
-    options = {"total": total_steps, "desc": config.method, "unit": "step"}
+    options = {
+        "total": total_steps,
+        "desc": f"{config.method} seed {config.seed}",
+        "unit": "step",
+    }
     with runner.progress_bar(progress, **options) as bar:
         for chunk in runner.train_chunks(training, chunks, sizes):
             compile_time += chunk.compile_seconds

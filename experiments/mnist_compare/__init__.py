@@ -15,9 +15,11 @@ Baydin et al.'s logistic regression and CNN are available with `--model`.
 `--help` lists every flag with its default, the presets, estimators and optimizers.
 Outputs (in `--out`, default `results/mnist_compare/<preset>-<dataset>-<model>/`):
 `config.json`, `runs.jsonl` (one line per finished run; rerunning resumes, counting
-only runs on the same data), `step_times.json`, `summary.csv`,
-`loss_vs_iteration.png`, `loss_vs_time.png`, `divergence.png` (when a run diverged)
-and `report.md`. How the learning rates were chosen: docs/mnist.md.
+only runs on the same data), `step_times.json` (measured once, reused by reruns;
+`--retime-steps` measures again), `summary.csv`, `loss_vs_iteration.png`,
+`loss_vs_time.png`, `divergence.png` (the learning rates where a run diverged;
+"no run diverged" when none did) and `report.md`. A rerun that trains nothing
+leaves every output byte-identical. How the learning rates were chosen: docs/mnist.md.
 
 The presets, flags and `--help` text are in `_settings`, a run in `_train` (one at
 a time) and `_batched` (seeds and learning rates of a cell together), both on
@@ -25,6 +27,8 @@ a time) and `_batched` (seeds and learning rates of a cell together), both on
 """
 
 import dataclasses
+import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,11 +86,13 @@ def write_outputs(
     settings: Settings,
     config: dict[str, Any],
     runs: list[dict],
-    step_times: dict[str, dict[str, Any]] | None = None,
+    timing: dict[str, Any] | None = None,
 ) -> str:
-    """summary.csv, figures and report.md from `runs`; returns the stdout table."""
+    """summary.csv, figures and report.md from `runs` and `timing` (the record of
+    step_times.json, `step_times`); returns the stdout table."""
     from . import _plots, _report
 
+    step_times = None if timing is None else timing["step_times"]
     rows = _report.summarise(runs, step_times)
     write_atomic(out / "summary.csv", _report.summary_csv(rows))
     name = config["dataset"]["name"]
@@ -109,22 +115,21 @@ def write_outputs(
             else "training time (s)"
         ),
     )
-    # Every lr of each optimizer where a run diverged, for contrast.
-    diverging = {
-        opt: settings.lrs[opt]
-        for opt in {run["config"]["optimizer"] for run in runs if run["diverged"]}
-    }
-    if diverging:
-        figures.append("divergence.png")
-        _plots.plot_losses(
-            runs,
-            out / figures[-1],
-            x_key="iteration",
-            title=f"{title}: learning rates where a run diverged",
-            lrs=diverging,
-        )
-    else:
-        (out / "divergence.png").unlink(missing_ok=True)
+    # Only the lrs where a run diverged (every estimator there, for contrast);
+    # always written, so that the set of files does not depend on the outcome.
+    diverging: dict[str, list[float]] = {}
+    for run in runs:
+        c = run["config"]
+        if run["diverged"] and c["lr"] not in diverging.get(c["optimizer"], []):
+            diverging.setdefault(c["optimizer"], []).append(c["lr"])
+    figures.append("divergence.png")
+    _plots.plot_losses(
+        runs,
+        out / figures[-1],
+        x_key="iteration",
+        title=f"{title}: learning rates where a run diverged",
+        lrs=diverging,
+    )
     report = _report.report_markdown(
         title=f"Forward gradient vs backprop: {title}",
         config=config,
@@ -132,6 +137,7 @@ def write_outputs(
         figures=figures,
         divergent_lrs=settings.divergent_lrs,
         lr_rationale=LR_RATIONALE,
+        timing=timing,
     )
     write_atomic(out / "report.md", report)
     return _report.text_table(rows)
@@ -147,6 +153,53 @@ def _status(record: dict[str, Any]) -> str:
 
 
 TIMING_ROUNDS = 7
+
+
+def load_or_measure_step_times(
+    path: Path, configs: list, dataset: Any, *, cache: runner.Cache, retime: bool
+) -> dict[str, Any]:
+    """The record of step_times.json `path`: measured once and reused, so that a
+    rerun leaves every output as it was. It is measured (and `path` written) when
+    `retime` (`--retime-steps`), when `path` is missing, or when it lacks an
+    (optimizer, estimator) of `configs` or was measured on another model, data or
+    chunk length.
+
+    **Returns:**
+
+    `{"measured_at": UTC time, "environment": runner.environment(), "timed":
+    {model, data, steps, rounds}, "step_times": measure_step_times(...)}`."""
+    from ._train import measure_step_times, step_time_key
+
+    timed = {
+        "model": configs[0].model,
+        "data": configs[0].data,
+        "steps": configs[0].eval_every,
+        "rounds": TIMING_ROUNDS,
+    }
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    needed = {step_time_key(config) for config in configs}
+    if (
+        not retime
+        and stored.get("timed") == timed
+        and needed <= set(stored.get("step_times", {}))
+    ):
+        print(f"step times: reusing {path} (--retime-steps measures again)")
+        return stored
+    print(
+        f"timing the steps: {TIMING_ROUNDS} interleaved rounds of "
+        f"{timed['steps']} steps per (optimizer, estimator)",
+        flush=True,
+    )
+    record = {
+        "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "environment": runner.environment(),
+        "timed": timed,
+        "step_times": measure_step_times(
+            timing_configs(configs), dataset, cache=cache, rounds=TIMING_ROUNDS
+        ),
+    }
+    write_json(path, record)
+    return record
 
 
 def train_cells_runs(
@@ -165,21 +218,23 @@ def run(argv: list[str]) -> None:
     settings = resolve(build_parser().parse_args(argv))
 
     from ._batched import group_cells
-    from ._train import measure_step_times
 
     dataset, out = runner.open_output(settings, "mnist_compare")
     config = {
         **{
             k: v
             for k, v in dataclasses.asdict(settings).items()
-            if k not in ("out", "data_dir")
+            if k not in ("out", "data_dir", "retime_steps")
         },
         "seeds": list(range(settings.seeds)),
         "batch_size": 64,
         "dataset": runner.dataset_info(dataset, "val"),
         "data_dir": settings.data_dir,
         "out": str(out),
-        "command": runner.command("mnist_compare", argv),
+        # Without --retime-steps, so that re-timing leaves config.json as it was.
+        "command": runner.command(
+            "mnist_compare", [a for a in argv if a != "--retime-steps"]
+        ),
         "timing": {"rounds": TIMING_ROUNDS, "steps": settings.eval_every},
         **runner.machine(),
     }
@@ -191,20 +246,18 @@ def run(argv: list[str]) -> None:
         configs,
         out / "runs.jsonl",
         lambda cell: train_cells_runs(cell, dataset, cache),
-        label=lambda config: config.run_id,
+        label=lambda config: config.label,
         status=_status,
         groups=lambda pending: group_cells(pending, settings.batch_runs),
     )
-    print(
-        f"timing the steps: {TIMING_ROUNDS} interleaved rounds of "
-        f"{settings.eval_every} steps per (optimizer, estimator)",
-        flush=True,
+    timing = load_or_measure_step_times(
+        out / "step_times.json",
+        configs,
+        dataset,
+        cache=cache,
+        retime=settings.retime_steps,
     )
-    step_times = measure_step_times(
-        timing_configs(configs), dataset, cache=cache, rounds=TIMING_ROUNDS
-    )
-    write_json(out / "step_times.json", step_times)
-    table = write_outputs(out, settings, config, runs, step_times)
+    table = write_outputs(out, settings, config, runs, timing)
     print(f"\nDataset: {dataset.name} (requested {dataset.requested})")
     print(table)
     print(f"\nOutputs in {out}")

@@ -10,6 +10,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ..runner import save_figure
+
 
 _LINESTYLES = ("-", "--", ":", "-.")
 _BACKPROP_COLOR = "black"
@@ -71,6 +73,9 @@ def plot_losses(
         {opt for opt, _, _ in groups if lrs is None or opt in lrs},
         key=lambda o: (o != "sgd", o != "adam", o),
     )
+    if not optimizers:
+        _save_empty(path, title, "no run diverged" if lrs is not None else "no runs")
+        return
     estimators = sorted({est for _, _, est in groups})
     colors = _colors(estimators)
     fig, axes = plt.subplots(
@@ -119,8 +124,16 @@ def plot_losses(
             axes[0][column].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
+
+
+def _save_empty(path: Path, title: str, text: str) -> None:
+    """A figure that says `text` (no learning rate to draw)."""
+    fig, ax = plt.subplots(figsize=(5.2, 2.0))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    fig.suptitle(title)
+    save_figure(fig, path, dpi=110)
 
 
 def _draw(ax, group, key, x_key, color, style, label) -> None:

@@ -30,24 +30,27 @@ from ._verdicts import (
 )
 
 
-def _timing_text(config: dict[str, Any]) -> str:
-    timing = config.get("timing")
+def _timing_text(timing: dict[str, Any] | None) -> str:
     if not timing:
         return (
             "Times are raw training wall time (compilation and evaluation "
             "excluded), so they depend on the machine's load while each run ran."
         )
+    machine = timing["environment"]
     return (
         "**How time was measured.** T_b and T_f are on a time axis of iterations × "
         "the median time of one training step of that optimizer and estimator "
-        "('step (ms)'). The step times were measured after the grid, with the "
-        f"estimators interleaved: {timing['rounds']} rounds of {timing['steps']} "
-        "steps each, round-robin over the (optimizer, estimator) pairs, median over "
-        "the rounds (`step_times.json`), so a burst of load on the machine slows "
-        "every estimator alike instead of one run. 'T_f/T_b wall' is the same "
-        "ratio on the raw wall time recorded while each run trained (`time` in "
-        "runs.jsonl; compilation and evaluation excluded), which depends on the "
-        "load at the time."
+        f"('step (ms)'). The step times were measured {timing['measured_at']} on "
+        f"{machine['cpu_model']}, {machine['cpu_count']} CPUs, jax "
+        f"{machine['jax']} on {machine['jax_devices']}, with the estimators "
+        f"interleaved: {timing['timed']['rounds']} rounds of "
+        f"{timing['timed']['steps']} steps each, round-robin over the (optimizer, "
+        "estimator) pairs, median over the rounds (`step_times.json`), so a burst "
+        "of load on the machine slows every estimator alike instead of one run. "
+        "A rerun reuses them (`--retime-steps` measures again). 'T_f/T_b wall' is "
+        "the same ratio on the raw wall time recorded while each run trained "
+        "(`time` in runs.jsonl; compilation and evaluation excluded), which "
+        "depends on the load at the time."
     )
 
 
@@ -59,7 +62,10 @@ def report_markdown(
     figures: list[str],
     divergent_lrs: dict[str, float],
     lr_rationale: str,
+    timing: dict[str, Any] | None = None,
 ) -> str:
+    """report.md; `timing` is the record of step_times.json (`None`: the time
+    axis is raw wall time)."""
     dataset = config["dataset"]
     fingerprint = dataset.get("fingerprint")
     lines = [
@@ -84,7 +90,7 @@ def report_markdown(
         "forward-gradient run reaches that loss (same optimizer, lr and seed); "
         "T_f/T_b averaged over seeds, 'never' when no seed reaches it.",
         "",
-        _timing_text(config),
+        _timing_text(timing),
         "",
         markdown_table(rows),
         "",

@@ -60,9 +60,16 @@ def _preset_value(key: str) -> str:
     return ", ".join(f"{name}: {show(preset[key])}" for name, preset in PRESETS.items())
 
 
-QUICK_DURATION = "about 5 minutes"  # derived from step times: docs/mnist.md, "How long"
+# Measured end to end (docs/mnist.md, "How long"; issue 24): the run time scales with
+# the backprop step time, about 1 minute per millisecond of it.
+QUICK_DURATION = (
+    "8 min 53 s measured on an idle 2-core CPU at a backprop step of 8.34 ms "
+    "(forward 27.15 ms), 12.5 min on a 2-core CPU shared with other jobs"
+)
 # measured: docs/mnist.md, "The paper grid"
-PAPER_DURATION = "131 minutes on fashion-mnist, 124 on mnist-5k"
+PAPER_DURATION = (
+    "131 minutes on fashion-mnist (backprop step 6.48 ms), 124 on mnist-5k (6.00 ms)"
+)
 
 
 def _epilog() -> str:
@@ -91,9 +98,10 @@ def _epilog() -> str:
             "presets (every flag given overrides the preset's value):",
             *presets,
             wrap(
-                f"The quick preset takes {QUICK_DURATION} on mnist-5k on an idle "
-                "2-core CPU; 7-11 minutes were measured on busy machines. paper "
-                f"took {PAPER_DURATION} on a 2-core CPU (docs/mnist.md). "
+                f"Run time. quick: {QUICK_DURATION}; paper: {PAPER_DURATION}, both "
+                "on a 2-core CPU. The time scales with the backprop step time "
+                "(about 1 minute per ms for quick; your machine's is in "
+                "step_times.json, sgd/backprop). "
                 "fwd-gaussian-hash is the paper's Gaussian tangent drawn by a "
                 "faster generator, same distribution."
             ),
@@ -173,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
         "trains one run at a time; auto is 1 on CPU (where batching measured "
         "slower: docs/mnist.md) and a whole cell on GPU/TPU",
     )
+    parser.add_argument(
+        "--retime-steps",
+        action="store_true",
+        help="measure the step times again; by default step_times.json of --out "
+        "is reused, so that a rerun leaves every output as it was",
+    )
     return parser
 
 
@@ -192,6 +206,8 @@ class Settings:
     batch_runs: int | None
     """Runs per batched computation; `None`: a whole cell."""
     out: str | None
+    retime_steps: bool = False
+    """Measure the step times again instead of reusing step_times.json."""
 
 
 def _parse_lrs(
@@ -270,6 +286,7 @@ def resolve(args: argparse.Namespace) -> Settings:
         eval_every=eval_every,
         batch_runs=batch_runs,
         out=args.out,
+        retime_steps=args.retime_steps,
     )
 
 

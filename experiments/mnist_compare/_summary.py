@@ -34,20 +34,122 @@ def time_to_match(
     return t_b, None
 
 
+BLOWUP_FACTOR = 1.1
+"""A run that diverged *blows up* at its first validation record that is non-finite
+or more than this factor above the lowest validation loss recorded before it
+(the loss at initialisation included); when no record does, at the iteration it
+diverged. A run that did not diverge never blows up (a slow rise is overfitting,
+not a blow-up)."""
+
+
+def blowup_iteration(run: dict[str, Any]) -> int | None:
+    """The iteration at which `run` blows up (see `BLOWUP_FACTOR`), or `None`."""
+    if not run["diverged"]:
+        return None
+    lowest = run.get("initial_val_loss")
+    lowest = math.inf if lowest is None else lowest
+    for iteration, loss in zip(run["iteration"], run["val_loss"], strict=True):
+        if loss is None or not math.isfinite(loss) or loss > BLOWUP_FACTOR * lowest:
+            return iteration
+        lowest = min(lowest, loss)
+    return run["diverged_at"]
+
+
 def loss_at_common_iteration(
-    backprop: dict[str, Any], forward: dict[str, Any]
+    backprop: dict[str, Any], forward: dict[str, Any], before: int | None = None
 ) -> tuple[int, float, float] | None:
     """`(iteration, backprop val loss, forward val loss)` at the last record both
-    runs reached with finite losses (a diverged run stops early), or `None`."""
+    runs reached with finite losses before either blows up (`blowup_iteration`)
+    and before iteration `before` when given, or `None`."""
+    limits = [
+        limit
+        for limit in (blowup_iteration(backprop), blowup_iteration(forward), before)
+        if limit is not None
+    ]
+    end = min(limits, default=math.inf)
     forward_losses = dict(zip(forward["iteration"], forward["val_loss"], strict=True))
     best = None
     for iteration, loss in zip(
         backprop["iteration"], backprop["val_loss"], strict=True
     ):
         other = forward_losses.get(iteration)
+        if iteration >= end:
+            break
         if None not in (loss, other) and math.isfinite(loss + other):
             best = (iteration, loss, other)
     return best
+
+
+def compare_seeds(
+    backprop: dict[int, dict[str, Any]], group: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Per seed of `group` (the runs of one forward configuration) with a backprop
+    run of the same seed: `seed`, the compared `iteration` (the last common record
+    before a blow-up, `None` when there is none), the `forward` and `backprop`
+    validation losses there, backprop's `drop` from its initial validation loss
+    (`None` when that is unknown), the forward run's `blowup` and `diverged_at`
+    iterations (`None` when it did not diverge) and both runs' final validation
+    losses (`final_forward`, `final_backprop`; `None` for a diverged run)."""
+    compared = []
+    for run in group:
+        seed = run["config"]["seed"]
+        reference = backprop.get(seed)
+        if reference is None:
+            continue
+        matched = loss_at_common_iteration(reference, run)
+        iteration, bp, fwd = matched if matched else (None, None, None)
+        initial = reference.get("initial_val_loss")
+        compared.append(
+            {
+                "seed": seed,
+                "iteration": iteration,
+                "forward": fwd,
+                "backprop": bp,
+                "drop": None if None in (initial, bp) else initial - bp,
+                "blowup": blowup_iteration(run),
+                "diverged_at": run["diverged_at"] if run["diverged"] else None,
+                "final_forward": run["final_val_loss"],
+                "final_backprop": reference["final_val_loss"],
+            }
+        )
+    return compared
+
+
+def _at_iteration(
+    backprop: dict[int, dict[str, Any]], group: list[dict[str, Any]], iteration: int
+) -> tuple[list[float], list[float]]:
+    """(forward / backprop - 1 per seed, backprop's drop per seed) at `iteration`,
+    an iteration every seed reached before blowing up."""
+    gaps, drops = [], []
+    for run in group:
+        reference = backprop.get(run["config"]["seed"])
+        if reference is None:
+            continue
+        matched = loss_at_common_iteration(reference, run, before=iteration + 1)
+        if matched is None or matched[0] != iteration or matched[1] <= 0:
+            continue
+        gaps.append(matched[2] / matched[1] - 1)
+        if reference.get("initial_val_loss") is not None:
+            drops.append(reference["initial_val_loss"] - matched[1])
+    return gaps, drops
+
+
+def per_seed_text(compared: list[dict[str, Any]]) -> str:
+    """`compare_seeds`'s entries as one line (the `per_seed` column of
+    summary.csv)."""
+    parts = []
+    for entry in compared:
+        if entry["iteration"] is None:
+            text = f"seed {entry['seed']}: no record before its blow-up"
+        else:
+            text = (
+                f"seed {entry['seed']}: iteration {entry['iteration']}, forward "
+                f"{entry['forward']:.4f}, backprop {entry['backprop']:.4f}"
+            )
+        if entry["blowup"] is not None:
+            text += f", blew up at {entry['blowup']}"
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -103,18 +205,20 @@ def summarise(
             if run.get("initial_val_loss") is not None
         ]
         t_bs, t_fs, ratios, wall_ratios, compared = [], [], [], [], 0
-        gaps, common, drops = [], [], []
+        references = {
+            seed: run
+            for (opt, rate, seed), run in backprop.items()
+            if (opt, rate) == (optimizer, lr)
+        }
+        per_seed = compare_seeds(references, group)
+        reached = [e["iteration"] for e in per_seed if e["iteration"] is not None]
+        common = min(reached) if len(reached) == len(per_seed) and reached else None
+        gaps, drops = (
+            ([], []) if common is None else _at_iteration(references, group, common)
+        )
         for run in group:
-            reference = backprop.get((optimizer, lr, run["config"]["seed"]))
-            if reference is None:
-                continue
-            matched = loss_at_common_iteration(reference, run)
-            if matched is not None and matched[1] > 0:
-                common.append(matched[0])
-                gaps.append(matched[2] / matched[1] - 1)
-                if reference.get("initial_val_loss") is not None:
-                    drops.append(reference["initial_val_loss"] - matched[1])
-            if reference["diverged"]:
+            reference = references.get(run["config"]["seed"])
+            if reference is None or reference["diverged"]:
                 continue
             t_b, t_f = time_to_match(
                 run_times(reference, step_times),
@@ -160,10 +264,16 @@ def summarise(
                 "diverged_at": _mean_std(
                     [run["diverged_at"] for run in group if run["diverged"]]
                 )[0],
-                "common_iteration": min(common) if common else None,
+                "common_iteration": common,
                 "val_gap_at_common_iteration": _mean_std(gaps)[0],
                 "gap_seeds": len(gaps),
                 "backprop_drop_at_common_iteration": _mean_std(drops)[0],
+                "diverged_seeds": ", ".join(
+                    f"seed {run['config']['seed']} at {run['diverged_at']}"
+                    for run in group
+                    if run["diverged"]
+                ),
+                "per_seed": per_seed,
             }
         )
     rows.sort(key=lambda r: (r["optimizer"], r["lr"], r["estimator"] != BACKPROP))

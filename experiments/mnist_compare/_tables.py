@@ -5,7 +5,7 @@ import csv
 import io
 from typing import Any
 
-from ._summary import BACKPROP
+from ._summary import BACKPROP, per_seed_text
 
 
 def seed_count(count: int) -> str:
@@ -106,10 +106,16 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def summary_csv(rows: list[dict[str, Any]]) -> str:
+    """The rows as CSV; `per_seed` as one line (`per_seed_text`)."""
     buffer = io.StringIO()
     fields = list(rows[0]) if rows else ["optimizer"]
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        writer.writerow(
+            {
+                k: "" if v is None else per_seed_text(v) if k == "per_seed" else v
+                for k, v in row.items()
+            }
+        )
     return buffer.getvalue()

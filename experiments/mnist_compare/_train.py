@@ -55,6 +55,11 @@ class RunConfig:
         )
 
     @property
+    def label(self) -> str:
+        """A short name for progress lines: optimizer, lr, estimator, seed."""
+        return f"{self.optimizer} {self.lr:g} {self.estimator} seed {self.seed}"
+
+    @property
     def configuration(self) -> tuple[str, float, str]:
         """The (optimizer, lr, estimator) a run belongs to; seeds are its repeats."""
         return (self.optimizer, self.lr, self.estimator)
@@ -145,7 +150,7 @@ def train_run(
     diverged_at: int | None = None
     chunks = run_chunks(config, dataset)
     with runner.progress_bar(
-        progress, total=config.iterations, desc=config.run_id
+        progress, total=config.iterations, desc=config.label
     ) as bar:
         for chunk in runner.train_chunks(training, chunks, chunk_sizes(config)):
             compile_time += chunk.compile_seconds

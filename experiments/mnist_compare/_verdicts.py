@@ -3,7 +3,7 @@
 
 from typing import Any
 
-from ._summary import BACKPROP
+from ._summary import BACKPROP, BLOWUP_FACTOR
 from ._tables import ratio_text, seed_count
 
 
@@ -65,30 +65,59 @@ def _too_little_training(drop: float | None, initial: float | None) -> str | Non
     return None
 
 
-def _per_iteration_part(row: dict[str, Any]) -> tuple[str, str | None]:
-    """(description, why it is inconclusive or `None`) of one SGD lr."""
-    gap = row["val_gap_at_common_iteration"]
-    text = (
-        f"{row['estimator']} at lr {row['lr']:g}: validation loss {100 * gap:+.1f}% "
-        f"vs backprop at iteration {row['common_iteration']}"
+def _seed_comparison(entry: dict[str, Any]) -> str:
+    if entry["iteration"] is None:
+        return f"seed {entry['seed']}: no record before its blow-up"
+    gap = entry["forward"] / entry["backprop"] - 1
+    ahead = ", ahead" if gap < -LIKE else ""
+    return (
+        f"seed {entry['seed']} at iteration {entry['iteration']}: "
+        f"{entry['forward']:.3f} vs backprop {entry['backprop']:.3f} "
+        f"({100 * gap:+.1f}%{ahead})"
     )
-    if row["diverged"]:
+
+
+def _per_iteration_part(row: dict[str, Any]) -> tuple[str, bool | str | None]:
+    """(description, outcome) of one SGD lr. The outcome is `True` (like
+    backprop), `False` (not), `None` (every run blew up before a comparable
+    record: diverged) or why it is inconclusive. Each seed is judged at its own
+    compared iteration; seeds are never averaged."""
+    entries = row["per_seed"]
+    text = f"{row['estimator']} at lr {row['lr']:g}: " + ", ".join(
+        map(_seed_comparison, entries)
+    )
+    blowups = [e for e in entries if e["blowup"] is not None]
+    if blowups:
         text += (
-            f", then {row['diverged']}/{row['seeds']} runs diverged (mean iteration "
-            f"{row['diverged_at']:.0f})"
+            "; then blew up ("
+            + ", ".join(f"seed {e['seed']} at {e['blowup']}" for e in blowups)
+            + f") and {row['diverged']}/{row['seeds']} runs diverged"
         )
-    if row["gap_seeds"] < MIN_SEEDS:
-        return text, f"{seed_count(row['gap_seeds'])}, at least {MIN_SEEDS} needed"
-    drop = row["backprop_drop_at_common_iteration"]
-    initial = row["initial_val_loss"]
-    return text, _too_little_training(drop, initial)
+    compared = [e for e in entries if e["iteration"] is not None]
+    if not compared and blowups:
+        return text, None
+    if len(compared) < MIN_SEEDS:
+        return text, f"{seed_count(len(compared))}, at least {MIN_SEEDS} needed"
+    drops = [e["drop"] for e in compared]
+    drop = None if None in drops else min(drops)
+    why = _too_little_training(drop, row["initial_val_loss"])
+    if why is not None:
+        return text, why
+    return text, all(e["forward"] <= (1 + LIKE) * e["backprop"] for e in compared)
 
 
 def _verdict(claim: str, conclusive: list[tuple[str, bool]], parts: list[str],
-             inconclusive: list[str], definition: str) -> str:  # fmt: skip
+             inconclusive: list[str], definition: str,
+             diverged: tuple[str, ...] = ()) -> str:  # fmt: skip
     """'supports' / 'does not support' from the conclusive parts (all must agree
-    to support), else 'inconclusive' with the reasons."""
+    to support), else 'inconclusive' with the reasons, else 'diverged' (every
+    part's runs blew up before a comparable record)."""
     listed = "; ".join(parts)
+    if not conclusive and not inconclusive:
+        return (
+            f"**{claim}:** diverged: no run has a record before its blow-up "
+            f"({listed}; {definition})."
+        )
     if not conclusive:
         return (
             f"**{claim}:** inconclusive ({'; '.join(inconclusive)}). Measured: "
@@ -100,6 +129,10 @@ def _verdict(claim: str, conclusive: list[tuple[str, bool]], parts: list[str],
         if inconclusive
         else ""
     )
+    if diverged:
+        skipped += (
+            f" Not counted, diverged before a comparable record: {'; '.join(diverged)}."
+        )
     return f"**{claim}:** this run {verdict} it ({listed}; {definition}).{skipped}"
 
 
@@ -119,26 +152,31 @@ def claims(rows: list[dict[str, Any]], divergent_lrs: dict[str, float]) -> list[
         if row["optimizer"] == "sgd"
         and _is_forward(row["estimator"])
         and ("sgd", row["lr"]) not in preset_divergent
-        and row["val_gap_at_common_iteration"] is not None
+        and row["per_seed"]
     ]
     if sgd:
-        parts, conclusive, inconclusive = [], [], []
+        parts, conclusive, inconclusive, diverged = [], [], [], []
         for row in sgd:
-            text, why = _per_iteration_part(row)
+            text, outcome = _per_iteration_part(row)
             parts.append(text)
-            if why is None:
-                close = abs(row["val_gap_at_common_iteration"]) <= LIKE
-                conclusive.append((text, close))
+            if outcome is None:
+                diverged.append(f"lr {row['lr']:g}")
+            elif isinstance(outcome, bool):
+                conclusive.append((text, outcome))
             else:
-                inconclusive.append(f"lr {row['lr']:g}: {why}")
+                inconclusive.append(f"lr {row['lr']:g}: {outcome}")
         sentences.append(
             _verdict(
                 claim,
                 conclusive,
                 parts,
                 inconclusive,
-                f"'like' = validation loss within {LIKE:.0%} of backprop's at the "
-                "same iteration, the last one both reached",
+                f"'like' = every seed's validation loss at most {LIKE:.0%} above "
+                "backprop's (below counts: not slower), each seed compared at the "
+                "last record both runs reached before either blew up (a diverged "
+                f"run blows up at its first validation loss above {BLOWUP_FACTOR}x "
+                "the lowest before it, else where it diverged)",
+                tuple(diverged),
             )
         )
     elif not any(row["optimizer"] == "sgd" for row in rows):
@@ -154,9 +192,19 @@ def claims(rows: list[dict[str, Any]], divergent_lrs: dict[str, float]) -> list[
     if adam:
         parts, conclusive, inconclusive = [], [], []
         for row, ref in adam:
+            finals = [
+                (e["seed"], e["final_forward"], e["final_backprop"])
+                for e in row["per_seed"]
+            ]
+            seeds_text = ", ".join(
+                f"seed {seed} {forward:.3f} vs {backprop:.3f}"
+                for seed, forward, backprop in finals
+                if None not in (forward, backprop)
+            )
             text = (
-                f"{row['estimator']} at lr {row['lr']:g}: {row['val_loss_mean']:.3f} "
-                f"vs backprop {ref['val_loss_mean']:.3f}, T_f/T_b {ratio_text(row)}"
+                f"{row['estimator']} at lr {row['lr']:g}: final {seeds_text}; mean "
+                f"{row['val_loss_mean']:.3f} vs backprop {ref['val_loss_mean']:.3f}, "
+                f"T_f/T_b {ratio_text(row)}"
             )
             parts.append(text)
             seeds = min(row["seeds"] - row["diverged"], ref["seeds"] - ref["diverged"])
@@ -209,7 +257,7 @@ def claims(rows: list[dict[str, Any]], divergent_lrs: dict[str, float]) -> list[
         tested = True
         counts = ", ".join(
             f"{row['estimator']} {row['diverged']}/{row['seeds']} runs diverged"
-            + (f" (mean iteration {row['diverged_at']:.0f})" if row["diverged"] else "")
+            + (f" ({row['diverged_seeds']})" if row["diverged"] else "")
             for row in forward
         )
         reference = next(

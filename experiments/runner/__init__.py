@@ -47,6 +47,7 @@ from ._files import (
     environment as environment,
     output_dir as output_dir,
     read_runs as read_runs,
+    save_figure as save_figure,
     versions as versions,
     write_atomic as write_atomic,
     write_json as write_json,

@@ -119,15 +119,26 @@ def load_data(dataset: str, data_dir: str | None) -> Any:
     none, holds out 100 images per class: 4,000 train / 1,000 held out).
 
     Exits with the whole message (what was tried and how to fix it) when the data
-    cannot be found or read. The offline fallback's warning is printed once, to
-    stderr."""
+    cannot be found or read; with one line (what is missing where) when an
+    explicit `data_dir` holds no usable copy. The offline fallback's warning is
+    printed once, to stderr."""
     from fwdeqx import data
 
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", data.DatasetFallbackWarning)
             loaded = data.load_dataset(dataset, data_dir=data_dir, validation="test")
-    except (data.DatasetNotFoundError, data.IdxFormatError) as error:
+    except data.DatasetNotFoundError as error:
+        text = str(error).strip()
+        if data_dir is not None:  # what was missing where, on one line
+            first, *reasons, _ = text.splitlines()
+            text = (
+                f"{first.rstrip(':').replace('data_dir', '--data-dir', 1)} "
+                f"({'; '.join(r.strip() for r in reasons)}); "
+                "a --data-dir is the only place looked"
+            )
+        raise SystemExit(f"error: {text}") from None
+    except data.IdxFormatError as error:
         raise SystemExit(f"error: {str(error).strip()}") from None
     for warning in caught:
         if issubclass(warning.category, data.DatasetFallbackWarning):
@@ -198,8 +209,7 @@ def train_grid(
     `[i/n] label: status`. A run missing at the end was not trained (`groups`
     left it out)."""
     finished = read_runs(path)
-    run_ids = {c.run_id: index + 1 for index, c in enumerate(configs)}
-    others = len(set(finished) - set(run_ids))
+    others = len(set(finished) - {c.run_id for c in configs})
     if others:
         print(
             f"note: {path} also holds {others} run(s) of other settings or "
@@ -207,10 +217,12 @@ def train_grid(
             flush=True,
         )
     records = {c.run_id: finished[c.run_id] for c in configs if c.run_id in finished}
+    reported = 0
 
     def report(config: Any, text: str) -> None:
-        position = f"[{run_ids[config.run_id]}/{len(configs)}]"
-        print(f"{position} {label(config)}: {text}", flush=True)
+        nonlocal reported
+        reported += 1
+        print(f"[{reported}/{len(configs)}] {label(config)}: {text}", flush=True)
 
     for config in configs:
         if config.run_id in records:

@@ -78,6 +78,16 @@ def _umask() -> int:
     return mask
 
 
+def save_figure(figure: Any, path: Path, dpi: int) -> None:
+    """Save a matplotlib `figure` as the PNG `path` without the "Software" entry
+    (matplotlib's version), so that the same data gives the same bytes on every
+    rerun, and close it."""
+    import matplotlib.pyplot as plt
+
+    figure.savefig(path, dpi=dpi, metadata={"Software": None})
+    plt.close(figure)
+
+
 def write_json(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=2, default=_to_builtin) + "\n")
 
