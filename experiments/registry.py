@@ -43,6 +43,7 @@ keyword arguments `arch`; `METHODS` the local-loss methods of Ren et al. (2023):
 | lg-fg-a  | `fl.LocalLoss`                  | `fl.ActivityPerturbation()`      |
 """
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -174,17 +175,30 @@ MODELS: dict[str, Callable[..., eqx.Module]] = {
 }
 """`fwdeqx.models` classifiers for MNIST-shaped inputs, `MODELS[name](key=key)`."""
 
+Image = tuple[int, int, int]
+"""An example's `(channels, height, width)`; the networks take square images."""
+
 LOCAL_NETWORKS: dict[str, Callable[..., fl.LocalNetwork]] = {
-    "mlp": lambda arch, *, key: fl.mlp(
-        28 * 28, arch["width"], arch["depth"], 10, key=key, groups=arch["groups"]
+    "mlp": lambda arch, *, image, key: fl.mlp(
+        math.prod(image),
+        arch["width"],
+        arch["depth"],
+        10,
+        key=key,
+        groups=arch["groups"],
     ),
-    "cnn": lambda arch, *, key: fl.cnn(
-        1, arch["channels"], 10, key=key, groups=arch["groups"]
+    "cnn": lambda arch, *, image, key: fl.cnn(
+        image[0],
+        arch["channels"],
+        10,
+        key=key,
+        groups=arch["groups"],
+        image_size=image[-1],
     ),
-    "mixer": lambda arch, *, key: fl.local_mixer(
-        28,
+    "mixer": lambda arch, *, image, key: fl.local_mixer(
+        image[-1],
         arch["patch"],
-        1,
+        image[0],
         arch["width"],
         arch["depth"],
         10,
@@ -192,17 +206,19 @@ LOCAL_NETWORKS: dict[str, Callable[..., fl.LocalNetwork]] = {
         groups=arch["groups"],
     ),
 }
-"""`fwdeqx.local` networks for 28x28 single-channel images and 10 classes,
-`LOCAL_NETWORKS[name](arch, key=key)` with `arch` the builder's keyword arguments."""
+"""`fwdeqx.local` networks for 10 classes, `LOCAL_NETWORKS[name](arch, image=image,
+key=key)` with `arch` the builder's keyword arguments and `image` an `Image`."""
 
 
 def make_local_network(
-    name: str, arch: dict[str, Any], *, key: PRNGKeyArray
+    name: str, arch: dict[str, Any], *, image: Image = (1, 28, 28), key: PRNGKeyArray
 ) -> fl.LocalNetwork:
     if name not in LOCAL_NETWORKS:
         known = ", ".join(LOCAL_NETWORKS)
         raise ValueError(f"unknown model {name!r}; choose one of {known}")
-    return LOCAL_NETWORKS[name](arch, key=key)
+    if image[1] != image[2]:
+        raise ValueError(f"the {name} network takes square images, got {image}")
+    return LOCAL_NETWORKS[name](arch, image=image, key=key)
 
 
 METHODS: dict[str, MethodFactory] = {

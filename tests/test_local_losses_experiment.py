@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import pickle
 import stat
 
 import numpy as np
@@ -282,3 +283,28 @@ def test_fallback_warning_is_one_clean_line(offline, monkeypatch, capsys):  # no
     assert "DatasetFallbackWarning" not in err and "load_dataset(" not in err
     config = json.loads((offline / "out" / "config.json").read_text())
     assert config["dataset"]["name"] == "mnist-5k"
+
+
+def test_cifar10_mixer_on_colour_images(tmp_path):
+    """`--dataset cifar10` builds the network for 3x32x32 inputs (here from small
+    generated batches in the official format) and trains it."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        batch = {
+            b"data": rng.integers(0, 256, (16, 3072), dtype=np.uint8),
+            b"labels": [int(v) for v in rng.integers(0, 10, 16)],
+        }
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    out = tmp_path / "out"
+    arch = ("--model", "mixer", "--width", "8", "--depth", "1", "--groups", "2")
+    args = _args(folder.parent, out, "--methods", "lg-fg-a", "--epochs", "1", arch=arch)
+    args[args.index("fashion-mnist")] = "cifar10"
+    local_losses.main(args)
+    config = json.loads((out / "config.json").read_text())
+    assert config["dataset"]["name"] == "cifar10"
+    assert config["dataset"]["num_train"] == 80
+    (run,) = _read_runs(out)
+    assert run["steps"] == 2 and 0.0 <= run["history"]["test_acc"][0] <= 1.0

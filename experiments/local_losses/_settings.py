@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
         seeds_help="number of seeds 0, 1, ... (default: the preset's)",
         dataset_help="mnist-5k's test split is its 1,000 held-out images (100 per "
         "class); mnist falls back to mnist-5k, with a warning, when it cannot be "
-        "found",
+        "found; cifar10 (3x32x32 colour images) needs the official python-format "
+        "archive and has no fallback",
+        datasets=(*runner.DATASETS, "cifar10"),
     )
     parser.add_argument(
         "--model", choices=MODELS, help="the network (default: the preset's)"

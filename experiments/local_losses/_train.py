@@ -109,7 +109,11 @@ def train_run(
     cache = runner.Cache() if cache is None else cache
     layout = config.layout()
     model_key, train_key = jax.random.split(jax.random.key(config.seed))
-    model = registry.make_local_network(config.model, dict(config.arch), key=model_key)
+    shape = dataset.train_images.shape[1:]
+    image = (1, *shape) if len(shape) == 2 else tuple(shape)
+    model = registry.make_local_network(
+        config.model, dict(config.arch), image=image, key=model_key
+    )
     objective, estimator = registry.make_method(config.method, config.num_tangents)
     steps_per_epoch = len(dataset.train_labels) // config.batch_size
     if steps_per_epoch < 1:

@@ -33,6 +33,7 @@ from ._chunks import (
     under_standard_promotion as under_standard_promotion,
 )
 from ._cli import (
+    DATASETS as DATASETS,
     check_flags as check_flags,
     command as command,
     dataset_info as dataset_info,

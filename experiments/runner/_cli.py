@@ -10,7 +10,7 @@ import shlex
 import signal
 import sys
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ def experiment_parser(
     preset_help: str,
     seeds_help: str,
     dataset_help: str,
+    datasets: Sequence[str] = DATASETS,
     epilog: str | None = None,
 ) -> argparse.ArgumentParser:
     """The parser of `python -m experiments.<name>` with the common flags; the
@@ -72,7 +73,7 @@ def experiment_parser(
         "--preset", choices=sorted(presets), default="quick", help=preset_help
     )
     parser.add_argument(
-        "--dataset", choices=DATASETS, default="mnist", help=dataset_help
+        "--dataset", choices=datasets, default="mnist", help=dataset_help
     )
     parser.add_argument(
         "--data-dir",

@@ -98,7 +98,7 @@ class Dataset:
         )
 
 
-def pixel_stats(images: UInt8[np.ndarray, "n h w"]) -> tuple[float, float]:
+def pixel_stats(images: UInt8[np.ndarray, " n *image"]) -> tuple[float, float]:
     """Mean and standard deviation of `images / 255` (computed exactly from the
     256-bin histogram, so cheap even for 47M pixels).
 
