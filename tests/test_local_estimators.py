@@ -1,14 +1,5 @@
-"""Statistical tests of fwdeqx.local's estimators, in float64.
-
-Each unbiasedness check draws M estimates and requires, for every coordinate i,
-|mean_i − g_i| ≤ z·σ̂_i/√M with z the normal quantile 1 − α/(2D) (Bonferroni over
-the D coordinates, α = 1e-3). Under the central-limit approximation a correct
-estimator fails a check with probability at most α = 0.1% for a random seed; the
-seeds are fixed, so the outcome is reproducible. Coordinates with no variance
-(exact head gradients, masked units) must match to 1e-9.
-"""
-
-import statistics
+"""Statistical tests of fwdeqx.local's estimators, in float64, through
+`tests.helpers.assert_unbiased` (its docstring gives the false-failure probability)."""
 
 import equinox as eqx
 import jax
@@ -20,36 +11,7 @@ import pytest
 import fwdeqx
 import fwdeqx.local as fl
 
-
-ALPHA = 1e-3
-DRAWS = 3000
-
-
-def _flat(tree) -> np.ndarray:
-    leaves = [np.asarray(x) for x in jtu.tree_leaves(tree)]
-    return np.concatenate([x.reshape(x.shape[0], -1) for x in leaves], axis=1)
-
-
-def draws(estimator, objective, model, x, y, key, m=DRAWS) -> np.ndarray:
-    """`[m, D]`: m independent estimates, flattened."""
-    one = lambda k: estimator(objective, model, x, y, key=k)[1]
-    return _flat(eqx.filter_jit(eqx.filter_vmap(one))(jax.random.split(key, m)))
-
-
-def exact(objective, model, x, y) -> np.ndarray:
-    grads = fwdeqx.Backprop()(objective, model, x, y, key=jax.random.key(0))[1]
-    return _flat(jtu.tree_map(lambda g: g[None], grads))[0]
-
-
-def unbiased(samples: np.ndarray, truth: np.ndarray) -> tuple[bool, float]:
-    """Whether every coordinate's mean is within the Bonferroni bound, and the
-    largest |error| / bound."""
-    m, d = samples.shape
-    z = statistics.NormalDist().inv_cdf(1 - ALPHA / (2 * d))
-    mean = samples.mean(axis=0)
-    bound = z * samples.std(axis=0, ddof=1) / np.sqrt(m) + 1e-9
-    ratio = np.abs(mean - truth) / bound
-    return bool(np.all(ratio <= 1)), float(ratio.max())
+from .helpers import assert_unbiased, exact_gradient, flat_estimates, unbiasedness
 
 
 def two_block_net(key):
@@ -80,35 +42,38 @@ def batch(key, shape, n=3, classes=3):
     return x, jax.random.randint(ky, (n,), 0, classes)
 
 
-@pytest.fixture(scope="module")
-def mixer_samples():
-    """Samples shared by the mixer checks: (model, x, y, {name: (samples, exact)})."""
+def mixer(key=jax.random.key(1)):
+    model = fl.local_mixer(4, 2, 1, 4, 1, 3, key=key, groups=2, dtype=jnp.float64)
+    return model, *batch(jax.random.key(2), (4, 4))
+
+
+@pytest.mark.parametrize(
+    "objective, estimator",
+    [
+        (fl.GlobalLoss(), fl.ActivityPerturbation()),
+        (fl.LocalLoss(), fl.ActivityPerturbation(num_tangents=2)),
+        (fl.LocalLoss(), fl.LocalWeightPerturbation(fwdeqx.Rademacher())),
+    ],
+    ids=["fg-a", "lg-fg-a", "lg-fg-w"],
+)
+def test_mixer_unbiased(objective, estimator):
     with jax.enable_x64(True):
-        key = jax.random.key(1)
-        model = fl.local_mixer(4, 2, 1, 4, 1, 3, key=key, groups=2, dtype=jnp.float64)
-        x, y = batch(jax.random.key(2), (4, 4))
-        out = {}
-        for name, objective, estimator in (
-            ("fg-a", fl.GlobalLoss(), fl.ActivityPerturbation()),
-            ("lg-fg-a", fl.LocalLoss(), fl.ActivityPerturbation(num_tangents=2)),
-            (
-                "lg-fg-w",
-                fl.LocalLoss(),
-                fl.LocalWeightPerturbation(fwdeqx.Rademacher()),
-            ),
-        ):
-            out[name] = (
-                draws(estimator, objective, model, x, y, jax.random.key(3)),
-                exact(objective, model, x, y),
-            )
-        return model, x, y, out
+        model, x, y = mixer()
+        assert_unbiased(estimator, objective, model, x, y, key=jax.random.key(3))
 
 
-@pytest.mark.parametrize("name", ["fg-a", "lg-fg-a", "lg-fg-w"])
-def test_mixer_unbiased(mixer_samples, name):
-    samples, truth = mixer_samples[3][name]
-    ok, worst = unbiased(samples, truth)
-    assert ok, f"{name}: worst |mean − exact| / bound = {worst:.2f}"
+def test_weight_projection_unbiased():
+    """LG-FG-W with the rescaled projection, combined per block (the blocks of
+    `LocalLoss` reach their own loss only)."""
+    with jax.enable_x64(True):
+        model = fl.mlp(4, 4, 2, 3, key=jax.random.key(4), dtype=jnp.float64)
+        x, y = batch(jax.random.key(5), (4,))
+        estimator = fl.LocalWeightPerturbation(
+            num_tangents=2, combine=fwdeqx.Projection(rescale=True)
+        )
+        assert_unbiased(
+            estimator, fl.LocalLoss(), model, x, y, key=jax.random.key(6), num=600
+        )
 
 
 @pytest.mark.parametrize("net", ["layernorm", "cnn"])
@@ -131,37 +96,32 @@ def test_groups_masking_unbiased(net):
         else:
             model = two_block_net(jax.random.key(4))
             x, y = batch(jax.random.key(5), (5,))
-        objective = fl.LocalLoss()
         estimator = fl.ActivityPerturbation(fwdeqx.Rademacher())
-        samples = draws(estimator, objective, model, x, y, jax.random.key(6))
-        ok, worst = unbiased(samples, exact(objective, model, x, y))
-    assert ok, f"worst |mean − exact| / bound = {worst:.2f}"
+        assert_unbiased(estimator, fl.LocalLoss(), model, x, y, key=jax.random.key(6))
 
 
-def test_negative_controls_fail(mixer_samples):
+def test_negative_controls_fail():
     """The same check rejects a scaled tangent (E[g] = 1.5² ∇f) and a point wrongly
-    declared `grouped` (its channels reach every head copy through a mixing layer)."""
-    model, x, y, _ = mixer_samples
+    declared `grouped` (its channels reach every head copy through a mixing layer;
+    built with `eqx.tree_at`, which skips the construction check)."""
     with jax.enable_x64(True):
+        model, x, y = mixer()
         objective = fl.LocalLoss()
-        truth = exact(objective, model, x, y)
+        truth = exact_gradient(objective, model, x, y)
         scaled = fl.ActivityPerturbation(fwdeqx.Scaled(fwdeqx.Rademacher(), 1.5))
-        samples = draws(scaled, objective, model, x, y, jax.random.key(7))
-        assert not unbiased(samples, truth)[0]
+        samples = flat_estimates(
+            scaled, objective, model, x, y, key=jax.random.key(7), num=3000
+        )
+        assert not unbiasedness(samples, truth)[0]
 
         hidden = lambda m: m.blocks[0].layers[4].layers[4]
         wrong = fl.Perturbed(hidden(model).layer, tokenwise=True, grouped=True)
         misrouted = eqx.tree_at(hidden, model, replace=wrong)
-        samples = draws(
-            fl.ActivityPerturbation(),
-            objective,
-            misrouted,
-            x,
-            y,
-            jax.random.key(8),
-            12000,
+        estimator = fl.ActivityPerturbation()
+        samples = flat_estimates(
+            estimator, objective, misrouted, x, y, key=jax.random.key(8), num=12000
         )
-        assert not unbiased(samples, truth)[0]
+        assert not unbiasedness(samples, truth)[0]
 
 
 def test_activity_variance_shrinks_by_fan_in():

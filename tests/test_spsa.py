@@ -11,7 +11,7 @@ import pytest
 import fwdeqx
 from fwdeqx._spsa import SPSA
 
-from .helpers import tree_allclose, tree_dot
+from .helpers import assert_unbiased, tree_allclose, tree_dot
 
 
 def _loss(params):
@@ -83,3 +83,14 @@ def test_errors():
         SPSA(num_directions=0)
     with pytest.raises(TypeError, match="tangents"):
         SPSA(tangents="gaussian")  # pyright: ignore
+
+
+def test_unbiased_on_a_quadratic():
+    """On a quadratic the central difference is the directional derivative, so
+    SPSA is unbiased (`assert_unbiased`, float64)."""
+    with jax.enable_x64(True):
+        a = jax.random.normal(jax.random.key(0), (4, 4), jnp.float64)
+        x = jax.random.normal(jax.random.key(1), (4,), jnp.float64)
+        loss = lambda x: 0.5 * jnp.sum((a @ x) ** 2) + jnp.sum(x)
+        est = SPSA(eps=0.1, num_directions=2)
+        assert_unbiased(est, loss, x, key=jax.random.key(2))

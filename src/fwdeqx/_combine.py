@@ -15,7 +15,6 @@ both combiners reach structured leaves only through the
 """
 
 import abc
-from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -53,23 +52,10 @@ class Mean(AbstractCombiner):
     tangents with E[v] = 0, Cov[v] = I. The default combiner of
     [`fwdeqx.ForwardGradient`][] and [`fwdeqx.filter_value_and_fwd_grad`][].
 
-    **Arguments:**
-
-    None. `Mean(orthogonalize=True)` was removed and raises a `TypeError`: along
-    orthogonalised directions rescaled to norm √n the mean is (n/K) P∇f, exactly
-    [`fwdeqx.Projection`][]`(rescale=True)`, which computes it more cheaply and
-    also for low-rank tangents.
+    Along orthogonalised directions rescaled to norm √n the mean is (n/K) P∇f,
+    which [`fwdeqx.Projection`][]`(rescale=True)` computes more cheaply, also for
+    low-rank tangents.
     """
-
-    def __init__(self, **removed: Any):
-        if "orthogonalize" in removed:
-            raise TypeError(
-                "`fwdeqx.Mean(orthogonalize=True)` was removed: it computed the same "
-                "estimate as `fwdeqx.Projection(rescale=True)` (the rescaled "
-                "projection on the span of the tangents). Use that instead."
-            )
-        if removed:
-            raise TypeError(f"`fwdeqx.Mean` takes no arguments, got {sorted(removed)}.")
 
     def __call__(
         self,
@@ -123,16 +109,3 @@ class Projection(AbstractCombiner):
                 num_parameters / derivatives.shape[0], weights.dtype
             )
         return weighted_sum(weights.astype(derivatives.dtype), directions)
-
-
-def check_combiner(combine: object) -> None:
-    if combine is None:
-        raise TypeError(
-            "`combine=None` was removed: the average of the K forward gradients is "
-            "`combine=fwdeqx.Mean()`, the default, so omit `combine`."
-        )
-    if not isinstance(combine, AbstractCombiner):
-        raise TypeError(
-            "`combine` must be a combiner such as `fwdeqx.Mean()` or "
-            f"`fwdeqx.Projection()`, got {combine!r}."
-        )

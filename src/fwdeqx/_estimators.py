@@ -15,7 +15,13 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, Float, Key, PRNGKeyArray, PyTree, UInt32
 
-from ._combine import AbstractCombiner, Mean, check_combiner
+from ._checks import (
+    check_combiner,
+    check_key as check_key,
+    check_positive_int,
+    check_tangents as check_tangents,
+)
+from ._combine import AbstractCombiner, Mean
 from ._directional import sample_directions, value_and_derivatives
 from ._tangents import AbstractTangentDistribution, Gaussian, tree_size
 
@@ -121,7 +127,7 @@ class ForwardGradient(AbstractEstimator):
 
     def __check_init__(self):
         check_tangents(self.tangents)
-        check_num_tangents(self.num_tangents)
+        check_positive_int(self.num_tangents, "num_tangents")
         check_combiner(self.combine)
 
     def direction_keys(
@@ -172,46 +178,6 @@ class ForwardGradient(AbstractEstimator):
     @property
     def num_forward_passes(self) -> int:
         return self.num_tangents
-
-
-def check_key(key: Any, name: str) -> None:
-    """A clear error unless `key` is one JAX PRNG key (typed or raw)."""
-    if key is None:
-        raise TypeError(
-            f"`{name}` needs a keyword-only `key` to draw its random tangents, e.g. "
-            "`key=jax.random.key(0)`; split a fresh key for every call. The key is "
-            "consumed by the estimator and not passed to your function."
-        )
-    is_typed_key = (
-        isinstance(key, jax.Array)
-        and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-        and key.shape == ()
-    )
-    is_raw_key = (
-        isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
-    )
-    if not (is_typed_key or is_raw_key):
-        raise TypeError(
-            f"`key` passed to `{name}` must be a single JAX PRNG key "
-            "(`jax.random.key(seed)` or `jax.random.PRNGKey(seed)`), got "
-            f"{getattr(key, 'dtype', type(key).__name__)} with shape "
-            f"{getattr(key, 'shape', None)}."
-        )
-
-
-def check_num_tangents(num_tangents: Any) -> None:
-    if isinstance(num_tangents, bool) or not isinstance(num_tangents, int):
-        raise TypeError(f"`num_tangents` must be an int, got {num_tangents!r}.")
-    if num_tangents < 1:
-        raise ValueError(f"`num_tangents` must be at least 1, got {num_tangents}.")
-
-
-def check_tangents(tangents: Any) -> None:
-    if not isinstance(tangents, AbstractTangentDistribution):
-        raise TypeError(
-            "`tangents` must be a tangent distribution such as `fwdeqx.Gaussian()`, "
-            f"`fwdeqx.Rademacher()` or `fwdeqx.LowRank()`, got {tangents!r}."
-        )
 
 
 def scalar_function(

@@ -9,7 +9,13 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, Float, PyTree
 
-from ._estimators import AbstractEstimator, check_key, check_tangents, scalar_function
+from ._checks import (
+    check_key,
+    check_positive_float,
+    check_positive_int,
+    check_tangents,
+)
+from ._estimators import AbstractEstimator, scalar_function
 from ._structured import densify
 from ._tangents import AbstractTangentDistribution, Gaussian
 
@@ -60,20 +66,8 @@ class SPSA(AbstractEstimator):
 
     def __check_init__(self):
         check_tangents(self.tangents)
-        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)):
-            raise TypeError(f"`eps` must be a float, got {self.eps!r}.")
-        if not self.eps > 0:
-            raise ValueError(f"`eps` must be positive, got {self.eps}.")
-        if isinstance(self.num_directions, bool) or not isinstance(
-            self.num_directions, int
-        ):
-            raise TypeError(
-                f"`num_directions` must be an int, got {self.num_directions!r}."
-            )
-        if self.num_directions < 1:
-            raise ValueError(
-                f"`num_directions` must be at least 1, got {self.num_directions}."
-            )
+        check_positive_float(self.eps, "eps")
+        check_positive_int(self.num_directions, "num_directions")
 
     def __call__(
         self,

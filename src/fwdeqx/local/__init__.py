@@ -6,22 +6,50 @@ affine layers whose activities are perturbed, a `LinearHead` per block), pick an
 objective (`GlobalLoss` end to end, `LocalLoss` one loss per block) and an
 estimator (`ActivityPerturbation`, `LocalWeightPerturbation`, or the core
 `fwdeqx.ForwardGradient` / `fwdeqx.Backprop`).
+
+New pieces are one subclass each: a perturbation site (`AbstractSite`), a head
+(`AbstractHead`), an objective (`AbstractLocalObjective`); `AbstractReLU` and
+`AbstractChannelwise` declare custom activations.
 """
 
 from ._estimators import (
     ActivityPerturbation as ActivityPerturbation,
     LocalWeightPerturbation as LocalWeightPerturbation,
 )
-from ._layers import (
-    Block as Block,
-    LinearHead as LinearHead,
-    LocalNetwork as LocalNetwork,
-    Perturbed as Perturbed,
-    Residual as Residual,
-)
+from ._heads import AbstractHead as AbstractHead, LinearHead as LinearHead
+from ._layers import Block as Block, LocalNetwork as LocalNetwork, Residual as Residual
 from ._models import cnn as cnn, local_mixer as local_mixer, mlp as mlp
 from ._objectives import (
+    AbstractLocalObjective as AbstractLocalObjective,
     GlobalLoss as GlobalLoss,
     LocalLoss as LocalLoss,
     softmax_cross_entropy as softmax_cross_entropy,
 )
+from ._sites import (
+    AbstractChannelwise as AbstractChannelwise,
+    AbstractReLU as AbstractReLU,
+    AbstractSite as AbstractSite,
+    Perturbed as Perturbed,
+)
+
+
+__all__ = [
+    "AbstractChannelwise",
+    "AbstractHead",
+    "AbstractLocalObjective",
+    "AbstractReLU",
+    "AbstractSite",
+    "ActivityPerturbation",
+    "Block",
+    "GlobalLoss",
+    "LinearHead",
+    "LocalLoss",
+    "LocalNetwork",
+    "LocalWeightPerturbation",
+    "Perturbed",
+    "Residual",
+    "cnn",
+    "local_mixer",
+    "mlp",
+    "softmax_cross_entropy",
+]

@@ -8,7 +8,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
-from ._layers import Block, LinearHead, LocalNetwork, Perturbed, Residual
+from ._heads import LinearHead
+from ._layers import Block, LocalNetwork, Residual
+from ._sites import Perturbed
 
 
 class _Image(eqx.Module):

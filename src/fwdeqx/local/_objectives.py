@@ -2,6 +2,7 @@
 mean, so any estimator (`fwdeqx.Backprop()`, `fwdeqx.ForwardGradient()`) takes it,
 and the activity estimators read its per-example loss."""
 
+import abc
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from ._layers import LocalNetwork
+from ._layers import LocalNetwork, record
 
 
 def softmax_cross_entropy(
@@ -51,14 +52,70 @@ def unpack_batch(args: tuple[Any, ...]) -> tuple[Array, Array]:
 
 
 class AbstractLocalObjective(eqx.Module):
-    """An objective known to be the batch mean of a per-example loss, which the
-    activity-perturbation estimators need."""
+    """Base class of objectives over a `fwdeqx.local.LocalNetwork`: the batch mean
+    over examples of the sum of the losses of the heads that count, with the
+    inputs of some blocks stop-gradiented.
+
+    A subclass declares where the stop-gradients go (`detaches`) and which heads
+    count (`counts`); `__call__` and the estimators both read those, so a new
+    objective is one subclass.
+    """
 
     per_example_loss: eqx.AbstractVar[Callable[..., Array]]
 
+    @abc.abstractmethod
+    def detaches(self, block: int) -> bool:
+        """Whether the input of block `block` is stop-gradiented."""
+
+    @abc.abstractmethod
+    def counts(self, block: int, num_blocks: int) -> bool:
+        """Whether the loss of block `block`'s head is part of the objective."""
+
+    def heads(self, model: LocalNetwork) -> list[int]:
+        """The blocks whose head's loss counts, in order (each must have a head)."""
+        num_blocks = len(model.blocks)
+        counted = [b for b in range(num_blocks) if self.counts(b, num_blocks)]
+        missing = [b for b in counted if model.blocks[b].head is None]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__} needs a head on blocks {missing}, which have "
+                "none. Give them Block(..., head=LinearHead(...)) or use GlobalLoss."
+            )
+        return counted
+
+    def reached(self, model: LocalNetwork, block: int) -> list[int]:
+        """The positions in `heads(model)` of the losses that block `block`'s
+        parameters reach: counted heads from `block` on, up to the next
+        stop-gradient."""
+        counted = self.heads(model)
+        return [
+            i
+            for i, head in enumerate(counted)
+            if head >= block
+            and not any(self.detaches(b) for b in range(block + 1, head + 1))
+        ]
+
+    def __call__(self, model: LocalNetwork, *batch: Any) -> Float[Array, ""]:
+        """The objective of `model` on the batch `(x, y)` (or `x, y`)."""
+        model = check_local_network(model, f"fwdeqx.local.{type(self).__name__}")
+        counted = self.heads(model)
+        x, y = unpack_batch(batch)
+
+        def one(xn, yn):
+            outputs = record(model, xn, detach=self.detaches).outputs
+            losses = []
+            for b in counted:
+                head = model.blocks[b].head
+                assert head is not None
+                losses.append(self.per_example_loss(head(outputs[b]), yn))
+            return sum(losses[1:], losses[0])
+
+        return jnp.mean(jax.vmap(one)(x, y))
+
 
 class GlobalLoss(AbstractLocalObjective):
-    """The end-to-end objective: the batch mean of `per_example_loss(model(x_n), y_n)`.
+    """The end-to-end objective: the batch mean of `per_example_loss(model(x_n), y_n)`
+    (the last head's loss, no stop-gradients).
 
     `fwdeqx.Backprop()` of it is backprop; `fwdeqx.ForwardGradient()` of it is FG-W;
     `fwdeqx.local.ActivityPerturbation()` of it is FG-A.
@@ -71,19 +128,11 @@ class GlobalLoss(AbstractLocalObjective):
 
     per_example_loss: Callable[..., Array] = softmax_cross_entropy
 
-    def __call__(self, model: Callable, *batch: Any) -> Float[Array, ""]:
-        x, y = unpack_batch(batch)
-        losses = jax.vmap(lambda xn, yn: self.per_example_loss(model(xn), yn))(x, y)
-        return jnp.mean(losses)
+    def detaches(self, block: int) -> bool:
+        return False
 
-
-def check_local_network(model: object, who: str) -> LocalNetwork:
-    if not isinstance(model, LocalNetwork):
-        raise TypeError(
-            f"{who} needs a fwdeqx.local.LocalNetwork as the model (blocks with "
-            f"heads), got {type(model).__name__}."
-        )
-    return model
+    def counts(self, block: int, num_blocks: int) -> bool:
+        return block == num_blocks - 1
 
 
 class LocalLoss(AbstractLocalObjective):
@@ -105,26 +154,17 @@ class LocalLoss(AbstractLocalObjective):
 
     per_example_loss: Callable[..., Array] = softmax_cross_entropy
 
-    def __call__(self, model: LocalNetwork, *batch: Any) -> Float[Array, ""]:
-        check_heads(check_local_network(model, "fwdeqx.local.LocalLoss"))
-        x, y = unpack_batch(batch)
+    def detaches(self, block: int) -> bool:
+        return True
 
-        def one(xn, yn):
-            losses = []
-            h = xn
-            for block in model.blocks:
-                h = block(jax.lax.stop_gradient(h))
-                assert block.head is not None
-                losses.append(self.per_example_loss(block.head(h), yn))
-            return sum(losses[1:], losses[0])
-
-        return jnp.mean(jax.vmap(one)(x, y))
+    def counts(self, block: int, num_blocks: int) -> bool:
+        return True
 
 
-def check_heads(model: LocalNetwork) -> None:
-    missing = [i for i, block in enumerate(model.blocks) if block.head is None]
-    if missing:
-        raise ValueError(
-            f"LocalLoss needs a head on every block; blocks {missing} have none. "
-            "Give them Block(..., head=LinearHead(...)) or use GlobalLoss."
+def check_local_network(model: object, who: str) -> LocalNetwork:
+    if not isinstance(model, LocalNetwork):
+        raise TypeError(
+            f"{who} needs a fwdeqx.local.LocalNetwork as the model (blocks with "
+            f"heads), got {type(model).__name__}."
         )
+    return model
