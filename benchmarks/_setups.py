@@ -221,13 +221,7 @@ def forward_only(model, batch):
 def jvp_only(model, batch, directions):
     """The jvp along directions given, stacked as `sample_only` returns them (no
     sampling, no update)."""
-    from fwdeqx._directional import value_and_derivatives
-
-    def fn(m):
-        return loss(m, batch), None
-
-    (value, _), derivatives = value_and_derivatives(fn, model, directions)
-    return value, derivatives
+    return fwdeqx.ForwardGradient().derivatives(loss, model, directions, batch)
 
 
 @eqx.filter_jit

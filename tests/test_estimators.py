@@ -113,3 +113,29 @@ def test_make_step_rejects_non_estimators():
         fwdeqx.make_step(lambda m, b: 0.0, optax.sgd(0.1), "forward")  # pyright: ignore
     with pytest.raises(TypeError, match="optimizer"):
         fwdeqx.make_step(lambda m, b: 0.0, "sgd", fwdeqx.Backprop())  # pyright: ignore
+
+
+def test_derivatives_are_the_gradient_along_each_direction(getkey):
+    """`sample` -> `derivatives` -> `combine` is the public decomposition of
+    `ForwardGradient.__call__`: d_k = ∇f·v_k, and combining them gives the call's
+    estimate for the same key."""
+    model, batch, loss = _regression_problem(getkey())
+    estimator = fwdeqx.ForwardGradient(num_tangents=3)
+    key = getkey()
+    like = eqx.filter(model, eqx.is_inexact_array)
+    directions = estimator.sample(estimator.direction_keys(key), like)
+    value, derivatives = estimator.derivatives(loss, model, directions, batch)
+    expected_value, grad = eqx.filter_value_and_grad(loss)(model, batch)
+    assert derivatives.shape == (3,) and np.allclose(value, expected_value)
+    for k in range(3):
+        direction = jax.tree.map(lambda d, k=k: d[k], directions)
+        dot = sum(
+            jnp.vdot(g, d)
+            for g, d in zip(
+                jax.tree.leaves(grad), jax.tree.leaves(direction), strict=True
+            )
+        )
+        assert np.allclose(derivatives[k], dot, rtol=1e-4, atol=1e-6)
+    _, estimate = estimator(loss, model, batch, key=key)
+    size = sum(leaf.size for leaf in jax.tree.leaves(like))
+    assert tree_allclose(estimate, estimator.combine(derivatives, directions, size))

@@ -153,6 +153,29 @@ class ForwardGradient(AbstractEstimator):
         """
         return sample_directions(self.tangents, keys, like)
 
+    def derivatives(
+        self, fun: Callable, x: PyTree, directions: PyTree, /, *args: Any, **kwargs: Any
+    ) -> tuple[Float[Array, ""], Float[Array, " k"]]:
+        """`fun(x, *args, **kwargs)` and its K directional derivatives along
+        `directions`, from one batched forward-mode pass (the step between `sample`
+        and `combine`).
+
+        **Arguments:**
+
+        - `fun`: returns a floating scalar.
+        - `x`: the pytree differentiated (its `eqx.is_inexact_array` leaves).
+        - `directions`: as `sample` returns them.
+        - `*args`, `**kwargs`: passed on to `fun`.
+
+        **Returns:**
+
+        `(value, derivatives)`, `derivatives` of shape `(K,)`.
+        """
+        name = "fwdeqx.ForwardGradient.derivatives"
+        fn = scalar_function(fun, args, kwargs, has_aux=False, name=name)
+        (value, _), derivatives = value_and_derivatives(fn, x, directions)
+        return jnp.asarray(value), derivatives
+
     def __call__(
         self,
         fun: Callable,
