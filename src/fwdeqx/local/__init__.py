@@ -9,9 +9,11 @@ estimator (`ActivityPerturbation`, `LocalWeightPerturbation`, or the core
 
 New pieces are one subclass each: a perturbation site (`AbstractSite`), a head
 (`AbstractHead`), an objective (`AbstractLocalObjective`); `AbstractReLU` and
-`AbstractChannelwise` declare custom activations.
+`AbstractChannelwise` declare custom activations. `alignment` measures, per
+perturbed layer, how well an estimate points along the exact gradients.
 """
 
+from ._diagnostics import LayerAlignment as LayerAlignment, alignment as alignment
 from ._estimators import (
     ActivityPerturbation as ActivityPerturbation,
     LocalWeightPerturbation as LocalWeightPerturbation,
@@ -42,12 +44,14 @@ __all__ = [
     "ActivityPerturbation",
     "Block",
     "GlobalLoss",
+    "LayerAlignment",
     "LinearHead",
     "LocalLoss",
     "LocalNetwork",
     "LocalWeightPerturbation",
     "Perturbed",
     "Residual",
+    "alignment",
     "cnn",
     "local_mixer",
     "mlp",
