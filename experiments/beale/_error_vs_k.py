@@ -115,8 +115,7 @@ def plot_error_vs_k(results, n, repetitions):
             color=colour,
             alpha=0.2,
         )
-    ax_err.set_xscale("log")
-    ax_err.set_yscale("log")
+    ax_err.set(xscale="log", yscale="log")
     ax_err.set_xlabel("K (tangents averaged)")
     ax_err.set_ylabel("‖ḡ_K − ∇f‖ / ‖∇f‖")
     ax_err.set_title(f"Relative error at (1.5, −0.1), {repetitions} repetitions per K")

@@ -32,8 +32,7 @@ def plot_curves(problems, results):
                 ax.plot(
                     t, bound(problem, name, alpha, t), "--", color=colours[j], lw=0.9
                 )
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        ax.set(xscale="log", yscale="log")
         ax.set_ylim(bottom=max(1e-4, ax.get_ylim()[0]))
         ax.set_xlabel("t")
         ax.set_ylabel("min_{k<t} E‖∇f(θ_k)‖²")
@@ -66,8 +65,7 @@ def plot_ratio(problems, results):
                     c="tab:blue" if filled else None,
                     label=f"{name}, α ≤ α_max" if applies else f"{name}, α > α_max",
                 )
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        ax.set(xscale="log", yscale="log")
         low, high = ax.get_xlim()
         bottom, top = ax.get_ylim()
         ax.plot([1e-6, 1e7], [1e-6, 1e7], "k-", lw=1, label="measured = bound")
@@ -151,8 +149,7 @@ def plot_plateau(problems, results):
                     ls="-.",
                     label=f"{name}: exact stability limit",
                 )
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        ax.set(xscale="log", yscale="log")
         ax.set_xlabel("α (dotted: α_max = 1/(2·L·C1))")
         ax.set_ylabel("late-time E‖∇f(θ_k)‖²")
         ax.set_title(f"{problem.name}: plateau against α", fontsize=10)
@@ -181,8 +178,7 @@ def plot_transient(problems, results):
             )
         at = np.geomspace(1e-3, max(entry["alphas"]) * t[-1], 50)
         ax.plot(at, 2 * problem.f0_minus_fstar / at, "k--", label="2(f0 − f*)/(αt)")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        ax.set(xscale="log", yscale="log")
         ax.set_ylim(bottom=1e-3)
         ax.set_xlabel("α·t")
         ax.set_ylabel("min_{k<t} E‖∇f(θ_k)‖²")

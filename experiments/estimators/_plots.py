@@ -25,22 +25,15 @@ def plot_quality(quality: dict[str, Any], path: Path) -> None:
                 if r["checkpoint"] == checkpoint and r["method"] == method
             ]
             ks = [r["K"] for r in rows]
-            axes[0, column].errorbar(
-                ks,
-                [r["cosine_mean"] for r in rows],
-                [r["cosine_std"] for r in rows],
-                marker="o",
-                label=method,
-                capsize=2,
-            )
-            axes[1, column].errorbar(
-                ks,
-                [r["relative_error_mean"] for r in rows],
-                [r["relative_error_std"] for r in rows],
-                marker="o",
-                label=method,
-                capsize=2,
-            )
+            for row, key in enumerate(("cosine", "relative_error")):
+                axes[row, column].errorbar(
+                    ks,
+                    [r[f"{key}_mean"] for r in rows],
+                    [r[f"{key}_std"] for r in rows],
+                    marker="o",
+                    label=method,
+                    capsize=2,
+                )
         ks = sorted(int(k) for k in quality["sqrt_K_over_n"])
         axes[0, column].plot(
             ks,

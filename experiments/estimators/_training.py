@@ -46,19 +46,12 @@ def _run_configs(
         return best_lrs[optimizer]
 
     if part == "design":
-        return [
-            RunConfig(
-                dataset="mnist-5k",
-                data=identity,
-                model=preset.training_model,
-                optimizer=optimizer,
-                lr=lr,
-                estimator="fwd-gaussian",
-                seed=0,
-                iterations=preset.iterations,
-                eval_every=preset.eval_every,
-            )
-            for optimizer, lr in preset.design
+        runs = [("fwd-gaussian", optimizer, lr, 0) for optimizer, lr in preset.design]
+    else:
+        runs = [
+            (estimator, optimizer, lr_for(optimizer, lr), seed)
+            for seed in range(seeds)
+            for estimator, optimizer, lr in preset.training_runs
         ]
     return [
         RunConfig(
@@ -66,14 +59,13 @@ def _run_configs(
             data=identity,
             model=preset.training_model,
             optimizer=optimizer,
-            lr=lr_for(optimizer, lr),
+            lr=lr,
             estimator=estimator,
             seed=seed,
             iterations=preset.iterations,
             eval_every=preset.eval_every,
         )
-        for seed in range(seeds)
-        for estimator, optimizer, lr in preset.training_runs
+        for estimator, optimizer, lr, seed in runs
     ]
 
 

@@ -73,6 +73,11 @@ RUN_TIME = (
 )
 
 
+def _per_model(key: str) -> str:
+    """The models' defaults of `key` for a flag's help: "mlp 256, mixer 128"."""
+    return ", ".join(f"{m} {a[key]}" for m, a in ARCH_DEFAULTS.items() if key in a)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = runner.experiment_parser(
         "local_losses",
@@ -130,20 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--width",
         type=int,
-        help="MLP / mixer width (defaults: "
-        + ", ".join(
-            f"{m} {a['width']}" for m, a in ARCH_DEFAULTS.items() if "width" in a
-        )
-        + ")",
+        help=f"MLP / mixer width (defaults: {_per_model('width')})",
     )
     parser.add_argument(
         "--depth",
         type=int,
-        help="MLP / mixer blocks (defaults: "
-        + ", ".join(
-            f"{m} {a['depth']}" for m, a in ARCH_DEFAULTS.items() if "depth" in a
-        )
-        + ")",
+        help=f"MLP / mixer blocks (defaults: {_per_model('depth')})",
     )
     parser.add_argument(
         "--channels",
@@ -155,10 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--groups",
         type=int,
         help="local-loss channel groups of every head (defaults: "
-        + ", ".join(
-            f"{m} {a['groups']}" for m, a in ARCH_DEFAULTS.items() if "groups" in a
-        )
-        + ")",
+        f"{_per_model('groups')})",
     )
     return parser
 

@@ -3,7 +3,6 @@ panel per optimizer, mean line over seeds with a min-max band, training loss (to
 and validation loss (bottom), against iterations or training wall time. Runs that
 diverged end with a cross where they stopped."""
 
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -11,18 +10,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..runner import save_figure
+from ._summary import group_runs
 
 
 _LINESTYLES = ("-", "--", ":", "-.")
 _BACKPROP_COLOR = "black"
-
-
-def _group(runs: list[dict[str, Any]]) -> dict[tuple, list[dict]]:
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for run in runs:
-        c = run["config"]
-        groups[(c["optimizer"], c["lr"], c["estimator"])].append(run)
-    return groups
 
 
 def _curves(
@@ -68,7 +60,7 @@ def plot_losses(
     - `lrs`: optional `{optimizer: [lr, ...]}` restricting which lrs are drawn.
     - `x_label`: the x axis label (default: from `x_key`).
     """
-    groups = _group(runs)
+    groups = group_runs(runs)
     optimizers = sorted(
         {opt for opt, _, _ in groups if lrs is None or opt in lrs},
         key=lambda o: (o != "sgd", o != "adam", o),
@@ -152,23 +144,10 @@ def _draw(ax, group, key, x_key, color, style, label) -> None:
         marker_label = None if labelled else f"{label} (diverged)"
         labelled = True
         if run[key] and run[key][-1] is not None:
-            ax.plot(
-                [run[x_key][-1]],
-                [run[key][-1]],
-                marker="x",
-                color=color,
-                markersize=9,
-                label=marker_label,
-            )
+            x, y, where = run[x_key][-1], run[key][-1], {}
         else:
-            x_stop = run["diverged_at"] if x_key == "iteration" else 0.0
-            ax.plot(
-                [x_stop],
-                [1.0],
-                marker="x",
-                color=color,
-                markersize=9,
-                transform=ax.get_xaxis_transform(),
-                clip_on=False,
-                label=marker_label,
-            )
+            x = run["diverged_at"] if x_key == "iteration" else 0.0
+            y, where = 1.0, {"transform": ax.get_xaxis_transform(), "clip_on": False}
+        ax.plot(
+            [x], [y], marker="x", color=color, markersize=9, label=marker_label, **where
+        )

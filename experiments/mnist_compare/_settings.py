@@ -5,6 +5,7 @@ validated `Settings` before any work starts."""
 import argparse
 import dataclasses
 import textwrap
+from collections.abc import Callable
 from typing import Any
 
 from .. import registry, runner
@@ -234,24 +235,25 @@ def _parse_lrs(
     return lrs
 
 
+def _check_each(names: tuple[str, ...], check: Callable[[str], object]) -> None:
+    """`check` every name; the first `ValueError` exits as a one-line error."""
+    for name in names:
+        try:
+            check(name)
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from None
+
+
 def resolve(args: argparse.Namespace) -> Settings:
     """Preset defaults overridden by the given flags; exits with a one-line error
     on any invalid value, before any work starts."""
     preset = PRESETS[args.preset]
     estimators = tuple(args.estimators or preset["estimators"])
-    for spec in estimators:
-        try:
-            registry.make_estimator(spec)
-        except ValueError as error:
-            raise SystemExit(f"error: {error}") from None
+    _check_each(estimators, registry.make_estimator)
     if len(set(estimators)) != len(estimators):
         raise SystemExit("error: --estimators lists an estimator twice")
     optimizers = tuple(args.optimizers or preset["optimizers"])
-    for name in optimizers:
-        try:
-            registry.check_optimizer(name)
-        except ValueError as error:
-            raise SystemExit(f"error: {error}") from None
+    _check_each(optimizers, registry.check_optimizer)
     if args.lrs:
         lrs = _parse_lrs(args.lrs, optimizers)
     else:

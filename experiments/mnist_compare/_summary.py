@@ -174,6 +174,15 @@ def run_times(
     return [iteration * measured["step_time"] for iteration in run["iteration"]]
 
 
+def group_runs(runs: list[dict[str, Any]]) -> dict[tuple, list[dict]]:
+    """The runs by configuration (optimizer, lr, estimator), in the runs' order."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for run in runs:
+        c = run["config"]
+        groups[(c["optimizer"], c["lr"], c["estimator"])].append(run)
+    return groups
+
+
 def summarise(
     runs: list[dict[str, Any]],
     step_times: dict[str, dict[str, Any]] | None = None,
@@ -184,17 +193,13 @@ def summarise(
     step-time axis (`run_times`) and, beside it, on the raw wall-time axis."""
     from ._train import step_time_key
 
-    by_config: dict[tuple, list[dict]] = defaultdict(list)
-    for run in runs:
-        c = run["config"]
-        by_config[(c["optimizer"], c["lr"], c["estimator"])].append(run)
     backprop = {
         (c["optimizer"], c["lr"], c["seed"]): run
         for run in runs
         if (c := run["config"])["estimator"] == BACKPROP
     }
     rows = []
-    for (optimizer, lr, estimator), group in by_config.items():
+    for (optimizer, lr, estimator), group in group_runs(runs).items():
         group = sorted(group, key=lambda run: run["config"]["seed"])
         finished = [run for run in group if not run["diverged"]]
         loss_mean, loss_std = _mean_std([run["final_val_loss"] for run in finished])

@@ -35,11 +35,16 @@ def _divergent(rows: list[dict[str, Any]], preset: dict[str, float]) -> set[tupl
     return pairs
 
 
+def _by_configuration(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+    """The rows by (optimizer, lr, estimator)."""
+    return {(r["optimizer"], r["lr"], r["estimator"]): r for r in rows}
+
+
 def _final_loss_pairs(
     rows: list[dict[str, Any]], optimizer: str, divergent: set[tuple]
 ) -> list[tuple[dict, dict]]:
     """(forward row, backprop row) at the same lr, outside the divergent lrs."""
-    by_key = {(r["optimizer"], r["lr"], r["estimator"]): r for r in rows}
+    by_key = _by_configuration(rows)
     pairs = []
     for row in rows:
         if row["optimizer"] != optimizer or not _is_forward(row["estimator"]):
@@ -260,15 +265,7 @@ def claims(rows: list[dict[str, Any]], divergent_lrs: dict[str, float]) -> list[
             + (f" ({row['diverged_seeds']})" if row["diverged"] else "")
             for row in forward
         )
-        reference = next(
-            (
-                row
-                for row in rows
-                if (row["optimizer"], row["lr"], row["estimator"])
-                == (optimizer, lr, BACKPROP)
-            ),
-            None,
-        )
+        reference = _by_configuration(rows).get((optimizer, lr, BACKPROP))
         claim = (
             "A larger learning rate makes forward gradient diverge "
             f"({optimizer}, lr {lr:g})"

@@ -222,8 +222,7 @@ def plot_rate(results, problems, sizes):
                     lw=1,
                     label=f"n = {entry['n']}",
                 )
-            ax.set_xscale("log")
-            ax.set_yscale("log")
+            ax.set(xscale="log", yscale="log")
             ax.grid(alpha=0.3, which="both")
             ax.set_xlabel("N (forward gradients averaged)")
             ax.set_ylabel("RMS of ‖ḡ_N − ∇f‖ / ‖∇f‖")
@@ -304,8 +303,7 @@ def plot_scaled_bias(results, problems):
             label=f"Scaled: ‖ḡ_N − {SCALE**2:g}∇f‖/‖{SCALE**2:g}∇f‖",
         )
         ax.axhline(SCALE**2 - 1, color="grey", lw=1, ls=":", label="bias = 3‖∇f‖")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        ax.set(xscale="log", yscale="log")
         ax.grid(alpha=0.3, which="both")
         ax.set_xlabel("N")
         ax.set_ylabel("RMS relative error")
