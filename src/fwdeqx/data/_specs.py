@@ -37,9 +37,17 @@ class DatasetSpec(abc.ABC):
     mirrors: tuple[str, ...]
     system_dirs: tuple[str, ...] = ()
 
-    @abc.abstractmethod
     def find(self, directory: Path) -> list[Path] | str:
         """The paths `read` takes, found in `directory`, or why not."""
+        if not directory.exists():
+            return "does not exist"
+        if not directory.is_dir():
+            return "is not a directory"
+        return self._find_in(directory)
+
+    @abc.abstractmethod
+    def _find_in(self, directory: Path) -> list[Path] | str:
+        """`find` in a directory that exists."""
 
     @abc.abstractmethod
     def read(self, paths: list[Path]) -> Splits:
@@ -54,11 +62,7 @@ class IdxSpec(DatasetSpec):
     """An IDX dataset: four files, train images, train labels, test images, test
     labels in that order, each raw or gzipped."""
 
-    def find(self, directory: Path) -> list[Path] | str:
-        if not directory.exists():
-            return "does not exist"
-        if not directory.is_dir():
-            return "is not a directory"
+    def _find_in(self, directory: Path) -> list[Path] | str:
         found, missing = [], []
         for remote in self.files:
             raw_name = remote.name.removesuffix(".gz")
@@ -83,11 +87,7 @@ class IdxSpec(DatasetSpec):
 class Cifar10Spec(DatasetSpec):
     """CIFAR-10's python-format archive, or the folder it extracts to."""
 
-    def find(self, directory: Path) -> list[Path] | str:
-        if not directory.exists():
-            return "does not exist"
-        if not directory.is_dir():
-            return "is not a directory"
+    def _find_in(self, directory: Path) -> list[Path] | str:
         for candidate in (directory / CIFAR10_ARCHIVE, directory / CIFAR10_FOLDER):
             if candidate.exists():
                 return [candidate]
