@@ -5,7 +5,9 @@ Build a `LocalNetwork` of `Block`s (standard `eqx.nn` layers, `Perturbed` around
 affine layers whose activities are perturbed, a `LinearHead` per block), pick an
 objective (`GlobalLoss` end to end, `LocalLoss` one loss per block) and an
 estimator (`ActivityPerturbation`, `LocalWeightPerturbation`, or the core
-`fwdeqx.ForwardGradient` / `fwdeqx.Backprop`).
+`fwdeqx.ForwardGradient` / `fwdeqx.Backprop`). For convolutional and mixer
+blocks, `LocationHead` and `LocationPerturbed` give one loss copy per location
+and channel group (Ren et al.'s patch-wise losses).
 
 New pieces are one subclass each: a perturbation site (`AbstractSite`), a head
 (`AbstractHead`), an objective (`AbstractLocalObjective`); `AbstractReLU` and
@@ -18,7 +20,11 @@ from ._estimators import (
     ActivityPerturbation as ActivityPerturbation,
     LocalWeightPerturbation as LocalWeightPerturbation,
 )
-from ._heads import AbstractHead as AbstractHead, LinearHead as LinearHead
+from ._heads import (
+    AbstractHead as AbstractHead,
+    LinearHead as LinearHead,
+    LocationHead as LocationHead,
+)
 from ._layers import Block as Block, LocalNetwork as LocalNetwork, Residual as Residual
 from ._models import cnn as cnn, local_mixer as local_mixer, mlp as mlp
 from ._objectives import (
@@ -31,6 +37,7 @@ from ._sites import (
     AbstractChannelwise as AbstractChannelwise,
     AbstractReLU as AbstractReLU,
     AbstractSite as AbstractSite,
+    LocationPerturbed as LocationPerturbed,
     Perturbed as Perturbed,
 )
 
@@ -49,6 +56,8 @@ __all__ = [
     "LocalLoss",
     "LocalNetwork",
     "LocalWeightPerturbation",
+    "LocationHead",
+    "LocationPerturbed",
     "Perturbed",
     "Residual",
     "alignment",

@@ -1,7 +1,7 @@
 """Local heads: a block's output → logits, and the head's loss copies."""
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -27,13 +27,22 @@ class AbstractHead(eqx.Module):
     def logits(self, pooled: Array) -> Array:
         """The logits of one example's pooled features."""
 
+    @property
+    @abc.abstractmethod
+    def copy_shape(self) -> tuple[int, ...]:
+        """How `loss_copies` lays out its copies: `(*locations, groups)`, flattened
+        in that (row-major) order. Copy `(l, g)` carries the tangent of channel
+        group g at location l of the block output; `locations` is `()` when every
+        copy spans all locations, else the shape of the block output's axes other
+        than the channel axis."""
+
     @abc.abstractmethod
     def loss_copies(
         self, h: Array, y: Array, loss: Callable
     ) -> tuple[Float[Array, " copies"], Array]:
         """`(copies, pooled)` for one example: the head's loss once per copy (each
-        carrying the tangent of the units paired with it), and the pooled
-        features."""
+        carrying the tangent of the units paired with it, laid out as
+        `copy_shape`), and the pooled features."""
 
     def __call__(self, h: Array, *, key: PRNGKeyArray | None = None) -> Array:
         del key
@@ -97,6 +106,11 @@ class LinearHead(AbstractHead):
     def in_features(self) -> int:
         return self.linear.in_features  # pyright: ignore
 
+    @property
+    def copy_shape(self) -> tuple[int, ...]:
+        """`(groups,)`: every copy spans all locations."""
+        return (self.groups,)
+
     def pool(self, h: Array) -> Float[Array, " c"]:
         """The channel vector: `h` averaged over every axis but the channel axis."""
         if h.ndim == 0:
@@ -134,3 +148,92 @@ class LinearHead(AbstractHead):
         )
         value, dlogits = jax.value_and_grad(loss)(jax.lax.stop_gradient(logits), y)
         return value + dlogits @ by_group, pooled
+
+
+class LocationHead(AbstractHead):
+    """A `LinearHead` whose loss has one copy per location of the block output and
+    per channel group: Ren et al.'s patch-wise and group-wise local losses.
+
+    Its logits, its loss and the objective's exact gradient are the wrapped
+    `LinearHead`'s; only the copies differ. Copy `(l, g)` carries the tangent of
+    channel group g at location l alone (spatial position of a `(C, H, W)` image,
+    token of a `(tokens, C)` mixer feature), so a
+    `fwdeqx.local.LocationPerturbed` layer pairs each of its units with the one
+    copy its tangent reaches, and the estimate's variance no longer grows with the
+    number of locations. Any other site pairs with the sum of the copies over
+    locations (`Perturbed(..., grouped=True)`) or over everything.
+
+    Copy `(l, g)`'s tangent is `(1/L) Σ_{c ∈ g} (∂loss/∂logits · W)[c] ḣ[c, l]`
+    (L locations): one head evaluation and one loss gradient, for any number of
+    copies.
+
+    **Arguments:**
+
+    - `head`: the `LinearHead` (its `groups` and `channel_axis` are used).
+    - `locations`: the shape of the block output's axes other than the channel
+        axis, e.g. `(14, 14)` for `(C, 14, 14)` features or `(tokens,)` for
+        `(tokens, C)`; checked on every call.
+    """
+
+    head: LinearHead
+    locations: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(self, head: LinearHead, locations: Sequence[int]):
+        if not isinstance(head, LinearHead):
+            raise TypeError(
+                "LocationHead wraps a fwdeqx.local.LinearHead, got "
+                f"{type(head).__name__}."
+            )
+        locations = tuple(locations)
+        if not all(isinstance(n, int) and n >= 1 for n in locations):
+            raise ValueError(
+                f"LocationHead locations={locations} must be positive ints: the "
+                "shape of the block output without its channel axis."
+            )
+        self.head = head
+        self.locations = locations
+
+    @property
+    def in_features(self) -> int:
+        return self.head.in_features
+
+    @property
+    def copy_shape(self) -> tuple[int, ...]:
+        """`(*locations, groups)`."""
+        return (*self.locations, self.head.groups)
+
+    def pool(self, h: Array) -> Float[Array, " c"]:
+        """The wrapped head's pooling, after checking `h`'s locations."""
+        pooled = self.head.pool(h)
+        self._channels_by_location(h)
+        return pooled
+
+    def logits(self, pooled: Array) -> Array:
+        return self.head.logits(pooled)
+
+    def loss_copies(
+        self, h: Array, y: Array, loss: Callable
+    ) -> tuple[Float[Array, " copies"], Array]:
+        """One copy per location and channel group, location-major."""
+        pooled = self.pool(h)
+        value, dlogits = jax.value_and_grad(loss)(
+            jax.lax.stop_gradient(self.logits(pooled)), y
+        )
+        features = self._channels_by_location(h)  # [C, L]
+        tangent_only = features - jax.lax.stop_gradient(features)  # value 0
+        weighted = (dlogits @ self.head.linear.weight)[:, None] * tangent_only
+        channels, size = features.shape
+        groups = self.head.groups
+        by_copy = weighted.reshape(groups, channels // groups, size).sum(1) / size
+        return value + by_copy.T.reshape(-1), pooled
+
+    def _channels_by_location(self, h: Array) -> Float[Array, "c locations"]:
+        """`h` as `[channels, locations]` (locations flattened row-major)."""
+        moved = jnp.moveaxis(h, self.head.channel_axis, 0)
+        if moved.shape[1:] != self.locations:
+            raise ValueError(
+                f"LocationHead expects features with locations {self.locations} "
+                f"besides channel axis {self.head.channel_axis}, got features of "
+                f"shape {h.shape}."
+            )
+        return moved.reshape(moved.shape[0], -1)

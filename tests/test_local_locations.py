@@ -1,0 +1,204 @@
+"""Per-location local losses: `fl.LocationHead` (one loss copy per location and
+channel group) with `fl.LocationPerturbed` sites, for conv blocks (spatial
+positions) and mixer blocks (tokens). Statistical checks in float64 through
+`tests.helpers` (the false-failure probability is in `assert_unbiased`'s
+docstring)."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fwdeqx
+import fwdeqx.local as fl
+
+from .helpers import assert_unbiased, flat_estimates, unbiasedness
+
+
+F64 = jnp.float64
+
+
+def conv_net(key):
+    """One conv block with two perturbed layers (so no estimate is exact): a plain
+    `Perturbed` conv, ReLU, a location-paired conv, ReLU, 2×2 max pooling of the
+    6×6 maps to 3×3 locations, 2 channel groups: 18 loss copies."""
+    k = jax.random.split(key, 3)
+    first = eqx.nn.Conv2d(1, 4, 3, padding="SAME", key=k[0], dtype=F64)
+    second = eqx.nn.Conv2d(4, 4, 3, padding="SAME", key=k[1], dtype=F64)
+    site = fl.LocationPerturbed(second, pool_stride=2)
+    head = fl.LinearHead(4, 3, groups=2, key=k[2], dtype=F64)
+    layers = [fl.Perturbed(first), jax.nn.relu, site, jax.nn.relu]
+    return fl.LocalNetwork(
+        [fl.Block([*layers, eqx.nn.MaxPool2d(2, 2)], fl.LocationHead(head, (3, 3)))]
+    )
+
+
+def mixer_net(key):
+    """`fl.local_mixer` (4 tokens of width 4, 2 groups) with its grouped
+    channel-mixing layer paired by token and group."""
+    model = fl.local_mixer(4, 2, 1, 4, 1, 3, key=key, groups=2, dtype=F64)
+    block = model.blocks[0]
+    mixing = list(block.layers[4].layers)
+    mixing[-1] = fl.LocationPerturbed(mixing[-1].layer, tokenwise=True)
+    layers = [*block.layers[:4], fl.Residual(mixing), *block.layers[5:]]
+    assert isinstance(block.head, fl.LinearHead)
+    return fl.LocalNetwork([fl.Block(layers, fl.LocationHead(block.head, (4,)))])
+
+
+def batch(key, shape, n=3):
+    kx, ky = jax.random.split(key)
+    return jax.random.normal(kx, (n, *shape), F64), jax.random.randint(ky, (n,), 0, 3)
+
+
+def exact(objective, model, x, y):
+    """`tests.helpers.exact_gradient`, compiled (eager backprop through convolutions
+    is slow)."""
+    grads = eqx.filter_jit(
+        lambda m: fwdeqx.Backprop()(objective, m, x, y, key=jax.random.key(0))[1]
+    )(model)
+    return np.concatenate([np.asarray(g).reshape(-1) for g in jax.tree.leaves(grads)])
+
+
+class Misrouted(fl.AbstractSite):
+    """A wrong pairing: a location-paired conv whose units get the copy of the
+    pooled location one step to the left (cyclically) instead of their own."""
+
+    layer: eqx.nn.Conv2d
+
+    def apply(self, layer, x):
+        return layer(x)
+
+    @property
+    def channel_axis(self) -> int:
+        return 0
+
+    def check_downstream(self, layers) -> None:
+        pass
+
+    def pair(self, derivatives, shape, head):
+        right = fl.LocationPerturbed(self.layer, pool_stride=2)
+        return jnp.roll(right.pair(derivatives, shape, head), 2, axis=-1)
+
+
+def test_conv_location_copies_unbiased_and_misrouting_biased():
+    """LG-FG-A with location copies is unbiased for `LocalLoss`; pairing each
+    location with another location's copy is detectably biased."""
+    with jax.enable_x64(True):
+        model = conv_net(jax.random.key(0))
+        x, y = batch(jax.random.key(1), (1, 6, 6))
+        objective, estimator = fl.LocalLoss(), fl.ActivityPerturbation()
+        truth = exact(objective, model, x, y)
+        assert_unbiased(
+            estimator,
+            objective,
+            model,
+            x,
+            y,
+            key=jax.random.key(2),
+            num=2000,
+            truth=truth,
+        )
+        site = lambda m: m.blocks[0].layers[2]
+        wrong = eqx.tree_at(site, model, replace=Misrouted(site(model).layer))
+        samples = flat_estimates(
+            estimator, objective, wrong, x, y, key=jax.random.key(3), num=1000
+        )
+        assert not unbiasedness(samples, truth)[0]
+
+
+def test_mixer_token_copies_unbiased():
+    with jax.enable_x64(True):
+        model = mixer_net(jax.random.key(4))
+        x, y = batch(jax.random.key(5), (4, 4))
+        estimator, objective = (
+            fl.ActivityPerturbation(fwdeqx.Rademacher()),
+            fl.LocalLoss(),
+        )
+        truth = exact(objective, model, x, y)
+        assert_unbiased(
+            estimator, objective, model, x, y, key=jax.random.key(6), truth=truth
+        )
+
+
+def test_copies_share_the_value_and_split_the_derivative():
+    """Every copy has the loss's value; copy (l, g)'s derivative is the loss's
+    derivative along the tangent of location l's group g alone, so the copies sum
+    to the loss's derivative."""
+    with jax.enable_x64(True):
+        k = jax.random.split(jax.random.key(7), 3)
+        head = fl.LocationHead(
+            fl.LinearHead(4, 3, groups=2, key=k[0], dtype=F64), (2, 3)
+        )
+        h = jax.random.normal(k[1], (4, 2, 3), F64)
+        dh = jax.random.normal(k[2], (4, 2, 3), F64)
+        only = jnp.zeros_like(dh).at[2:, 1, 0].set(dh[2:, 1, 0])  # (l=(1, 0), g=1)
+        y = jnp.asarray(1)
+
+        @jax.jit
+        def derivatives(h, dh, only):
+            loss = lambda h: fl.softmax_cross_entropy(head(h), y)
+            copies = lambda h: head.loss_copies(h, y, fl.softmax_cross_entropy)[0]
+            return (
+                jax.jvp(loss, (h,), (dh,)),
+                jax.jvp(copies, (h,), (dh,)),
+                jax.jvp(loss, (h,), (only,))[1],
+            )
+
+        (value, derivative), (values, by_copy), alone = derivatives(h, dh, only)
+        assert head.copy_shape == (2, 3, 2) and values.shape == (12,)
+        np.testing.assert_allclose(values, value, rtol=1e-12)
+        np.testing.assert_allclose(by_copy.sum(), derivative, rtol=1e-10)
+        np.testing.assert_allclose(by_copy.reshape(2, 3, 2)[1, 0, 1], alone)
+
+
+def test_location_pairing_reduces_to_group_pairing(getkey):
+    """With a pooled `LinearHead`, `LocationPerturbed` pairs as
+    `Perturbed(grouped=True)`; with a `LocationHead`, `Perturbed(grouped=True)`
+    pairs each group with the sum of its copies over locations."""
+    conv = eqx.nn.Conv2d(4, 4, 3, padding="SAME", key=getkey())
+    pooled = fl.LinearHead(4, 3, groups=2, key=getkey())
+    located = fl.LocationHead(pooled, (3, 3))
+    grouped = fl.Perturbed(conv, grouped=True)
+    by_location = jnp.asarray(
+        np.random.default_rng(0).normal(size=(5, 2, 18)).astype(np.float32)
+    )  # [N, K, 3·3·2]
+    shape = (4, 6, 6)
+
+    @jax.jit
+    def pairings(by_location):
+        by_group = by_location.reshape(5, 2, 9, 2).sum(2)
+        return (
+            grouped.pair(by_group, shape, pooled),
+            fl.LocationPerturbed(conv, pool_stride=2).pair(by_group, shape, pooled),
+            grouped.pair(by_location, shape, located),
+        )
+
+    want, located_pooled, grouped_located = pairings(by_location)
+    assert want.shape == (5, 2, 4, 1, 1)
+    np.testing.assert_array_equal(located_pooled, want)
+    np.testing.assert_allclose(grouped_located, want, rtol=1e-6)
+
+
+def test_misconfigurations_refused(getkey):
+    conv = lambda: eqx.nn.Conv2d(4, 4, 3, padding="SAME", key=getkey())
+    head = fl.LocationHead(fl.LinearHead(4, 3, groups=2, key=getkey()), (3, 3))
+    site = lambda stride=2: fl.LocationPerturbed(conv(), pool_stride=stride)
+    with pytest.raises(ValueError, match="overlap"):
+        fl.Block([site(), eqx.nn.MaxPool2d(3, 2)], head)
+    with pytest.raises(ValueError, match="set pool_stride=4"):
+        fl.Block([site(), eqx.nn.MaxPool2d(2, 2), eqx.nn.AvgPool2d(2, 2)], head)
+    with pytest.raises(ValueError, match="may mix channels"):
+        fl.Block([site(1), jax.nn.relu, conv()], head)
+    with pytest.raises(ValueError, match="positive int"):
+        site(0)
+    with pytest.raises(TypeError):
+        fl.LocationPerturbed(eqx.nn.LayerNorm(4))  # pyright: ignore
+    with pytest.raises(TypeError):
+        fl.LocationHead(head, (3, 3))  # pyright: ignore
+    block = fl.Block([site(), jax.nn.relu, eqx.nn.MaxPool2d(2, 2)], head)
+    with pytest.raises(ValueError, match=r"locations \(3, 3\)"):
+        head(block(jnp.zeros((4, 8, 8))))
+    derivatives = jnp.zeros((1, 1, 18))
+    with pytest.raises(ValueError, match="pool to"):  # 6×6 maps, stride 3: 2×2
+        site(3).pair(derivatives, (4, 6, 6), head)
