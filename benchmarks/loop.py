@@ -74,7 +74,7 @@ def run_setup(
         "step": step,
         "static": static,
         "training": runner.Training(program, (params, step.init(network)), train_key),
-        "chunk": next(runner.stacked_chunks(iter(batches), [steps])),
+        "chunk": next(runner.StackedChunks(batches, [steps])),
     }
 
 

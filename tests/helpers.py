@@ -90,3 +90,22 @@ def assert_unbiased(estimator, fun, x, *args, key, num=3000, truth=None):
     ok, worst = unbiasedness(samples, truth)
     assert ok, f"{estimator!r}: worst |mean − exact| / bound = {worst:.2f}"
     return samples
+
+
+def write_random_mnist(folder, *, train: int, test: int, seed: int = 0):
+    """MNIST-format IDX files of random 28x28 images and labels in `folder` (made
+    if missing): train-* with `train` images, t10k-* with `test`. Returns
+    `folder`."""
+    from pathlib import Path
+
+    from fwdeqx.data._idx import write_idx
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for prefix, count in (("train", train), ("t10k", test)):
+        labels = rng.integers(0, 10, count).astype(np.uint8)
+        images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
+    return folder

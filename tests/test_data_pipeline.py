@@ -236,26 +236,39 @@ def test_process_shards_make_up_the_global_batches(count):
         np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), y)
 
 
-def test_process_shard_resumes_and_refuses_other_shards():
+def test_process_shard_resumes_any_shard_and_refuses_other_pipelines():
+    """The processes of a sharded pipeline advance together, so one process's
+    state restores every shard (a checkpoint written by process 0 resumes them
+    all) and the whole, unsharded batches; another pipeline's is refused."""
     images, labels = _traceable(40)
-    shard = lambda i: data.batches(
+    shard = lambda i, seed=0: data.batches(
         images,
         labels,
         batch_size=8,
+        seed=seed,
         num_steps=6,
         shard_options=grain.sharding.ShardOptions(i, 2),
     )
     it = shard(1)
     next(it), next(it)
     state = json.loads(json.dumps(it.get_state()))
-    rest = list(it)
-    resumed = shard(1)
-    resumed.set_state(state)
-    for (x, y), (x2, y2) in zip(rest, resumed, strict=True):
-        np.testing.assert_array_equal(x, x2)
-        np.testing.assert_array_equal(y, y2)
+    whole = data.batches(images, labels, batch_size=8, num_steps=6)
+    expected = [list(shard(i)) for i in (0, 1)]
+    for i, resumed in enumerate([shard(0), shard(1)]):
+        resumed.set_state(state)
+        for (x, y), (x2, y2) in zip(expected[i][2:], resumed, strict=True):
+            np.testing.assert_array_equal(x, x2)
+            np.testing.assert_array_equal(y, y2)
+    whole.set_state(state)
+    for step, (x, y) in enumerate(whole, start=2):
+        np.testing.assert_array_equal(
+            x, np.concatenate([expected[0][step][0], expected[1][step][0]])
+        )
+        np.testing.assert_array_equal(
+            y, np.concatenate([expected[0][step][1], expected[1][step][1]])
+        )
     with pytest.raises(ValueError, match="different pipeline"):
-        shard(0).set_state(state)
+        shard(0, seed=1).set_state(state)
 
 
 def test_process_shard_errors():

@@ -21,6 +21,7 @@ from benchmarks._hlo import collective_bytes
 
 import fwdeqx
 import fwdeqx.distributed as distributed
+import fwdeqx.local
 from fwdeqx.models import MLP, cross_entropy
 
 from .helpers import tree_allclose
@@ -225,6 +226,51 @@ def test_backprop_matches_one_device(getkey):
     collectives = _collectives(step, model, batch, key)
     assert collectives["all-reduce"] == (_num_params(model) + 1) * 4
     assert sum(collectives.values()) == collectives["all-reduce"]
+
+
+@needs_devices
+@pytest.mark.parametrize(
+    "estimator",
+    [fwdeqx.ForwardGradient(num_tangents=2), fwdeqx.local.ActivityPerturbation()],
+    ids=["fg", "activity"],
+)
+def test_steps_inside_a_jitted_scan(getkey, estimator):
+    """The step traced inside a jitted `lax.scan` over steps (the experiments'
+    chunks) equals the step called step by step; the batch slices are
+    constrained to the batch sharding inside the trace."""
+    model, batch = _problem(getkey)
+    if isinstance(estimator, fwdeqx.local.ActivityPerturbation):
+        model = fwdeqx.local.mlp(6, 8, 1, 3, key=getkey())
+        loss = fwdeqx.local.LocalLoss()
+    else:
+        loss = _loss
+    key = getkey()
+    mesh = jax.make_mesh((NUM_DEVICES,), ("batch",))
+    step = distributed.make_step(loss, optax.sgd(1e-2), estimator, mesh=mesh)
+    params, static = eqx.partition(model, eqx.is_array)
+
+    @jax.jit
+    def scanned(carry, xs, ys):
+        def body(carry, inputs):
+            params, state = carry
+            x, y, step_key = inputs
+            model, state, value = step(
+                eqx.combine(params, static), state, (x, y), step_key
+            )
+            return (eqx.filter(model, eqx.is_array), state), value
+
+        return jax.lax.scan(body, carry, (xs, ys, jax.random.split(key, 2)))
+
+    xs, ys = (jnp.stack([leaf, leaf[::-1]]) for leaf in batch)
+    (params, state), values = scanned((params, step.init(model)), xs, ys)
+    want_model, want_state = model, step.init(model)
+    want_values = []
+    for x, y, step_key in zip(xs, ys, jax.random.split(key, 2), strict=True):
+        want_model, want_state, value = step(want_model, want_state, (x, y), step_key)
+        want_values.append(value)
+    got = (params, state, values)
+    want = (eqx.filter(want_model, eqx.is_array), want_state, jnp.stack(want_values))
+    assert tree_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @needs_devices

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import equinox as eqx
@@ -23,11 +24,14 @@ import jax
 import jax.tree_util as jtu
 import numpy as np
 import pytest
+from experiments import mnist_compare
 
 import fwdeqx.distributed
 from fwdeqx.models import MLP
 
 from . import _distributed_worker as worker
+from .helpers import write_random_mnist
+from .test_checkpoints import final_payloads, runs_without_times
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,9 +55,14 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _launch(commands: list[list[str]], logs: Path) -> list[tuple[int, str]]:
+def _launch(
+    commands: list[list[str]],
+    logs: Path,
+    watch: Callable[[list[subprocess.Popen]], None] | None = None,
+) -> list[tuple[int, str]]:
     """Run the commands at once from the repository root; (return code, output)
-    of each. Fails the test if they are not all done within `TIMEOUT` seconds;
+    of each. `watch(processes)`, when given, runs once they are started (e.g. to
+    kill one). Fails the test if they are not all done within `TIMEOUT` seconds;
     kills every process group that is left, whatever happens."""
     logs.mkdir(exist_ok=True)
     running: list[subprocess.Popen] = []
@@ -72,6 +81,8 @@ def _launch(commands: list[list[str]], logs: Path) -> list[tuple[int, str]]:
                         start_new_session=True,  # its own process group
                     )
                 )
+            if watch is not None:
+                watch(running)
             deadline = time.monotonic() + TIMEOUT
             for process in running:
                 try:
@@ -244,3 +255,75 @@ def test_mismatched_num_processes(tmp_path):
     for code, output in _launch([first, second], tmp_path / "logs"):
         assert code != 0
         assert "disagree on `num_processes` (process 0: 2, process 1: 3" in output
+
+
+# ------------------------------------------------------- the jobs on processes
+
+
+def _job(out: Path, argv: list[str], num_processes: int = 2) -> list[list[str]]:
+    """`python -m experiments.mnist_compare ARGV --out OUT` on `num_processes`
+    processes, as docs/distributed.md launches it on one machine."""
+    port = _free_port()
+    return [
+        [
+            "-m",
+            "experiments.mnist_compare",
+            *argv,
+            f"--out={out}",
+            f"--coordinator=127.0.0.1:{port}",
+            f"--num-processes={num_processes}",
+            f"--process-id={i}",
+        ]
+        for i in range(num_processes)
+    ]
+
+
+def _kill_second_after_checkpoints(out: Path, count: int = 2):
+    def watch(processes: list[subprocess.Popen]) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while len(list(out.glob("checkpoints/*/step-*.ckpt"))) < count:
+            assert all(p.poll() is None for p in processes), "a process ended early"
+            assert time.monotonic() < deadline, "no checkpoint written in time"
+            time.sleep(0.02)
+        os.killpg(processes[1].pid, signal.SIGKILL)
+
+    return watch
+
+
+def test_mnist_compare_on_two_processes_killed_and_resumed(tmp_path):
+    """`experiments.mnist_compare` on 2 processes (each reading its half of every
+    batch): only process 0 reports and writes, and the run matches the
+    single-process one up to float rounding. Killed mid-run (SIGKILL of process
+    1), process 0 stops with an error naming the dead task; the same command
+    started again resumes from the last checkpoint and ends bit-identical to the
+    uninterrupted 2-process run."""
+    data = write_random_mnist(tmp_path / "data", train=256, test=64)
+    argv = [
+        "--model", "logreg", "--data-dir", str(data), "--iterations", "600",
+        "--eval-every", "10", "--seeds", "1", "--estimators", "fwd-gaussian",
+        "--optimizers", "sgd", "--lrs", "0.01", "--checkpoint-every", "1",
+    ]  # fmt: skip
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    (first, output0), (second, output1) = _launch(_job(whole, argv), tmp_path / "a")
+    _check_ok([(first, output0), (second, output1)])
+    assert "[1/1] sgd 0.01 fwd-gaussian seed 0: val loss" in output0
+    assert "[1/1]" not in output1 and "Outputs in" not in output1
+
+    mnist_compare.main([*argv, "--out", str(tmp_path / "single")])
+    (got,), (want,) = (
+        runs_without_times(whole),
+        runs_without_times(tmp_path / "single"),
+    )
+    np.testing.assert_allclose(got["train_loss"], want["train_loss"], rtol=1e-4)
+    np.testing.assert_allclose(got["val_loss"], want["val_loss"], rtol=1e-4)
+
+    results = _launch(
+        _job(killed, argv), tmp_path / "b", _kill_second_after_checkpoints(killed)
+    )
+    (survivor, output), (code, _) = results
+    assert code == -signal.SIGKILL and survivor != 0
+    assert re.search(r"tasks are unhealthy|another task died", output), output[-4000:]
+
+    _check_ok(_launch(_job(killed, argv), tmp_path / "c"))
+    assert runs_without_times(killed) == runs_without_times(whole)
+    assert final_payloads(killed) == final_payloads(whole)

@@ -37,6 +37,22 @@ def test_constructors_and_objectives(getkey):
     assert jnp.allclose(fl.GlobalLoss()(single, (x, y)), fl.GlobalLoss()(single, x, y))
 
 
+def test_head_losses_are_the_terms_of_the_objective(getkey):
+    """`head_losses` gives one batch-mean loss per counted head, summing to the
+    objective; GlobalLoss's single term is the end-to-end cross-entropy."""
+    model = fl.mlp(12, 8, 3, 3, key=getkey(), groups=2)
+    x = jax.random.normal(getkey(), (5, 12))
+    y = jnp.arange(5) % 3
+    local = fl.LocalLoss().head_losses(model, x, y)
+    assert local.shape == (3,)
+    assert jnp.allclose(jnp.sum(local), fl.LocalLoss()(model, x, y))
+    (end_to_end,) = fl.GlobalLoss().head_losses(model, (x, y))
+    logits = jax.vmap(model)(x)
+    expected = jnp.mean(jax.nn.logsumexp(logits, axis=1) - logits[jnp.arange(5), y])
+    assert jnp.allclose(end_to_end, expected)
+    assert jnp.allclose(local[-1], end_to_end)  # the last head is the output
+
+
 def test_make_step_trains_with_lg_fg_a(getkey):
     """The estimators plug into fwdeqx.make_step (loss(model, batch)) unchanged."""
     model = fl.mlp(6, 16, 2, 3, key=getkey())

@@ -108,6 +108,13 @@ def test_outputs_present_and_well_formed(finished):
         assert run["steps"] == 16
         assert len(run["history"]["test_acc"]) == 2
         assert run["dataset"]["fingerprint"] == config["dataset"]["fingerprint"]
+        # One scale for every method: about ln 10 per head at the start, not
+        # the local objective's sum over its blocks (two here).
+        assert all(0.5 < v < 4 for v in run["history"]["train_loss_per_head"])
+        # Each block's head on the test split; the last one is the output's.
+        head_losses = run["test_head_losses"]
+        assert len(head_losses) == 2 and all(len(h) == 2 for h in head_losses)
+        assert head_losses[-1][-1] == pytest.approx(run["test_loss"], rel=1e-4)
 
 
 def test_summary_columns_and_ranges(finished):

@@ -9,21 +9,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from fwdeqx.data._idx import write_idx
+from .helpers import write_random_mnist
 
 
 ROOT = Path(__file__).parents[1]
 
 
 def test_ctrl_c_says_how_to_resume_and_keeps_finished_runs(tmp_path):
-    rng = np.random.default_rng(0)
-    for prefix, count in (("train", 128), ("t10k", 50)):
-        labels = rng.integers(0, 10, count).astype(np.uint8)
-        images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
-        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", labels)
+    write_random_mnist(tmp_path, train=128, test=50)
     out = tmp_path / "out"
     command = [
         sys.executable, "-m", "experiments.mnist_compare", "--model", "logreg",

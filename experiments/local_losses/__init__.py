@@ -106,11 +106,15 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(argv: list[str]) -> None:
     """The experiment; see the module docstring."""
-    settings = resolve(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    runner.start_processes(args)  # before anything touches a device
+    settings = resolve(args)
+    runner.check_batch_split(settings.batch_size)
 
     from ._train import train_run
 
     dataset, out = runner.open_output(settings, "local_losses")
+    checkpointing = runner.checkpointing(args, out)
     standardize = dataset.pixel_stats()
     parts = {method: registry.method_parts(method) for method in settings.methods}
     config = {
@@ -139,7 +143,8 @@ def run(argv: list[str]) -> None:
         "command": runner.command("local_losses", argv),
         **runner.machine(),
     }
-    write_json(out / "config.json", config)
+    if runner.is_writer():
+        write_json(out / "config.json", config)
 
     cache = runner.Cache()
 
@@ -148,13 +153,20 @@ def run(argv: list[str]) -> None:
         out / "runs.jsonl",
         lambda group: [
             train_run(
-                group[0], dataset, progress=True, cache=cache, standardize=standardize
+                group[0],
+                dataset,
+                progress=True,
+                cache=cache,
+                standardize=standardize,
+                checkpointing=checkpointing,
             )
         ],
         label=lambda config: f"{config.method} seed {config.seed}",
         status=_status,
     )
 
+    if not runner.is_writer():
+        return
     table = write_outputs(out, config, runs)
     print(f"\nDataset: {dataset.name} (requested {dataset.requested})")
     print(table)

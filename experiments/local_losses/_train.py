@@ -9,17 +9,25 @@ The runner's loop (`runner.train_chunks`) runs the steps of an epoch in chunks o
 most `CHUNK_STEPS` steps (one compile per chunk length and configuration, shared by
 the seeds); the whole test split is evaluated after every epoch. `wall_s` counts the
 training chunks (data loading included), not compilation or evaluation.
+
+Losses are on one scale for every method: the training curve
+(`history["train_loss_per_head"]`) is the training objective divided by the number
+of heads it counts, i.e. the end-to-end training loss for the end-to-end methods
+and the mean block loss for the local ones; `test_loss` is the network output's;
+each block's own head loss on the test split is a separate record,
+`test_head_losses` (one list per epoch).
 """
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
 import jax
 import numpy as np
 
-import fwdeqx
+import fwdeqx.local as fl
 
 from .. import registry, runner
 
@@ -75,6 +83,21 @@ def chunk_sizes(steps_per_epoch: int, chunk_steps: int = CHUNK_STEPS) -> list[in
     return [base + 1] * extra + [base] * (count - extra)
 
 
+@dataclasses.dataclass
+class Progress:
+    """A run's record so far: what a checkpoint keeps beside the arrays."""
+
+    initial: tuple[float, float] | list[float]
+    history: dict[str, list]
+    compile_time: float = 0.0
+    wall: float = 0.0
+    diverged: bool = False
+    epoch_losses: list[float] = dataclasses.field(default_factory=list)
+    """The training objectives of the current epoch so far."""
+    test_head_losses: list[list[float]] = dataclasses.field(default_factory=list)
+    """Each block's head loss on the test split, after each epoch."""
+
+
 @runner.under_standard_promotion
 def train_run(
     config: RunConfig,
@@ -83,6 +106,7 @@ def train_run(
     progress: bool = False,
     cache: runner.Cache | None = None,
     standardize: tuple[float, float] | bool = False,
+    checkpointing: runner.Checkpointing | None = None,
 ) -> dict[str, Any]:
     """Train one run and return its record for `runs.jsonl`.
 
@@ -93,6 +117,8 @@ def train_run(
     - `progress`: whether to show a progress bar.
     - `cache`: shared by the runs of a grid (one compile per configuration).
     - `standardize`: the input scaling, as in `fwdeqx.data.batches`.
+    - `checkpointing`: save the run's state as it goes, and resume from its last
+        checkpoint (`None`: no checkpoints).
 
     **Returns:**
 
@@ -128,7 +154,7 @@ def train_run(
     params, static = eqx.partition(model, eqx.is_array)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     shared = dataclasses.replace(config, seed=0)
-    step = fwdeqx.make_step(objective, optimizer, estimator)
+    step = runner.make_train_step(objective, optimizer, estimator)
     program = cache.program(shared, lambda: runner.make_chunk_fn(step, static))
 
     def evaluator(split: str) -> runner.Evaluate:
@@ -143,6 +169,15 @@ def train_run(
         )
 
     evaluate_test = evaluator("val")
+    test_head_losses = cache.evaluation(
+        (shared, "head losses"),
+        lambda: make_head_losses(
+            static,
+            data.to_float(dataset.val_images, layout=layout, standardize=standardize),
+            np.asarray(dataset.val_labels),
+        ),
+    )
+    num_heads = len(objective.heads(model))
     sizes = chunk_sizes(steps_per_epoch) * config.epochs
     batches = data.batches(
         dataset.train_images,
@@ -152,37 +187,47 @@ def train_run(
         num_steps=total_steps,
         layout=layout,
         standardize=standardize,
+        shard_options=runner.shard_options(),
     )
     training = runner.Training(program, (params, opt_state), train_key)
-    history = runner.new_curves(
-        ("epoch", "train_objective", "test_loss", "test_acc", "time")
-    )
-    initial_test_loss, initial_test_acc = evaluate_test(params)
-    compile_time = wall = 0.0
-    diverged = False
-    epoch_values: list[np.ndarray] = []
-    chunks = runner.stacked_chunks(iter(batches), sizes)
+    chunks = runner.StackedChunks(batches, sizes)
+    checkpoints = runner.run_checkpoints(checkpointing, config)
+    sizes, saved = checkpoints.restore(training, chunks, sizes)
+    if saved is None:
+        state = Progress(
+            evaluate_test(params),
+            runner.new_curves(
+                ("epoch", "train_loss_per_head", "test_loss", "test_acc", "time")
+            ),
+        )
+    else:
+        state = Progress(**saved)
     options = {
         "total": total_steps,
+        "initial": training.done,
         "desc": f"{config.method} seed {config.seed}",
         "unit": "step",
     }
-    with runner.progress_bar(progress, **options) as bar:
+    with runner.progress_bar(progress and runner.is_writer(), **options) as bar:
         for chunk in runner.train_chunks(training, chunks, sizes):
-            compile_time += chunk.compile_seconds
-            wall += chunk.seconds
-            epoch_values.append(chunk.losses)
+            state.compile_time += chunk.compile_seconds
+            state.wall += chunk.seconds
+            state.epoch_losses += chunk.losses.tolist()
             bar.update(chunk.size)
             if runner.first_divergent_step(chunk.losses, math.inf) is not None:
-                diverged = True
+                state.diverged = True
                 break
             if training.done % steps_per_epoch == 0:
                 epoch = training.done // steps_per_epoch
                 evaluation = evaluate_test(training.carry[0])
-                values = np.concatenate(epoch_values)
-                runner.add_point(history, epoch, values, evaluation, wall)
-                epoch_values = []
+                values = np.asarray(state.epoch_losses, np.float32) / num_heads
+                runner.add_point(state.history, epoch, values, evaluation, state.wall)
+                state.test_head_losses.append(test_head_losses(training.carry[0]))
+                state.epoch_losses = []
                 bar.set_postfix(epoch=epoch, test_acc=f"{evaluation[1]:.4f}")
+            if checkpoints.due(training.done):
+                checkpoints.save(training, dataclasses.asdict(state))
+    checkpoints.save(training, dataclasses.asdict(state), final=True)
 
     params = training.carry[0]
     test_loss, test_acc = evaluate_test(params)
@@ -196,9 +241,10 @@ def train_run(
         "seed": config.seed,
         "epochs": config.epochs,
         "steps": training.done,
-        "initial_test_loss": runner.finite_or_none(initial_test_loss),
-        "initial_test_acc": initial_test_acc,
-        "history": history,
+        "initial_test_loss": runner.finite_or_none(state.initial[0]),
+        "initial_test_acc": state.initial[1],
+        "history": state.history,
+        "test_head_losses": state.test_head_losses,
         "test_loss": runner.finite_or_none(test_loss),
         "test_acc": test_acc,
         "train_loss": runner.finite_or_none(train_loss),
@@ -208,7 +254,36 @@ def train_run(
                 x.size for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
             )
         ),
-        "wall_s": wall,
-        "compile_s": compile_time,
-        "diverged": diverged,
+        "wall_s": state.wall,
+        "compile_s": state.compile_time,
+        "diverged": state.diverged,
     }
+
+
+def make_head_losses(
+    static: Any, images: np.ndarray, labels: np.ndarray
+) -> Callable[[Any], list[float]]:
+    """`head_losses(params) -> [loss of block 0's head, ...]`: each block's head
+    loss (`fl.LocalLoss().head_losses`) of the network `eqx.combine(params,
+    static)` on a whole split, in batches of `runner.EVAL_BATCH`. With several
+    processes, process 0 computes it; the others get `[]` (they write
+    nothing)."""
+    objective = fl.LocalLoss()
+    size = min(runner.EVAL_BATCH, len(labels))
+
+    @jax.jit
+    def batch_sums(params, x, y):
+        model = eqx.combine(params, static)
+        return objective.head_losses(model, x, y) * y.shape[0]
+
+    def head_losses(params: Any) -> list[float]:
+        if not runner.is_writer():
+            return []
+        params = runner.local(params)
+        sums = sum(
+            np.asarray(batch_sums(params, images[i : i + size], labels[i : i + size]))
+            for i in range(0, len(labels), size)
+        )
+        return [float(v) for v in np.asarray(sums) / len(labels)]
+
+    return head_losses

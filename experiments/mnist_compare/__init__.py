@@ -178,17 +178,18 @@ def load_or_measure_step_times(
     }
     stored = json.loads(path.read_text()) if path.exists() else {}
     needed = {step_time_key(config) for config in configs}
-    if (
+    reuse = (
         not retime
         and stored.get("timed") == timed
         and needed <= set(stored.get("step_times", {}))
-    ):
-        print(f"step times: reusing {path} (--retime-steps measures again)")
+    )
+    runner.agree(int(reuse), f"whether to reuse {path}")
+    if reuse:
+        runner.say(f"step times: reusing {path} (--retime-steps measures again)")
         return stored
-    print(
+    runner.say(
         f"timing the steps: {TIMING_ROUNDS} interleaved rounds of "
-        f"{timed['steps']} steps per (optimizer, estimator)",
-        flush=True,
+        f"{timed['steps']} steps per (optimizer, estimator)"
     )
     record = {
         "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -198,28 +199,45 @@ def load_or_measure_step_times(
             timing_configs(configs), dataset, cache=cache, rounds=TIMING_ROUNDS
         ),
     }
-    write_json(path, record)
+    if runner.is_writer():
+        write_json(path, record)
     return record
 
 
 def train_cells_runs(
-    cell: list, dataset: Any, cache: runner.Cache
+    cell: list,
+    dataset: Any,
+    cache: runner.Cache,
+    checkpointing: runner.Checkpointing | None = None,
 ) -> list[dict[str, Any]]:
-    """The records of one cell's runs: one run alone, or several batched."""
+    """The records of one cell's runs: one run alone (with `checkpointing`), or
+    several batched."""
     from ._batched import train_cell
 
     if len(cell) == 1:
-        return [train_run(cell[0], dataset, progress=True, cache=cache)]
+        return [
+            train_run(
+                cell[0],
+                dataset,
+                progress=True,
+                cache=cache,
+                checkpointing=checkpointing,
+            )
+        ]
     return train_cell(cell, dataset, progress=True, cache=cache)
 
 
 def run(argv: list[str]) -> None:
     """The experiment; see the module docstring. `main` adds clean Ctrl-C."""
-    settings = resolve(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    runner.start_processes(args)  # before anything touches a device
+    settings = resolve(args)
+    runner.check_batch_split(RunConfig.batch_size)
 
     from ._batched import group_cells
 
     dataset, out = runner.open_output(settings, "mnist_compare")
+    checkpointing = runner.checkpointing(args, out)
     config = {
         **{
             k: v
@@ -238,14 +256,15 @@ def run(argv: list[str]) -> None:
         "timing": {"rounds": TIMING_ROUNDS, "steps": settings.eval_every},
         **runner.machine(),
     }
-    write_json(out / "config.json", config)
+    if runner.is_writer():
+        write_json(out / "config.json", config)
 
     configs = grid(settings, dataset)
     cache = runner.Cache()
     runs = runner.train_grid(
         configs,
         out / "runs.jsonl",
-        lambda cell: train_cells_runs(cell, dataset, cache),
+        lambda cell: train_cells_runs(cell, dataset, cache, checkpointing),
         label=lambda config: config.label,
         status=_status,
         groups=lambda pending: group_cells(pending, settings.batch_runs),
@@ -257,6 +276,8 @@ def run(argv: list[str]) -> None:
         cache=cache,
         retime=settings.retime_steps,
     )
+    if not runner.is_writer():
+        return
     table = write_outputs(out, settings, config, runs, timing)
     print(f"\nDataset: {dataset.name} (requested {dataset.requested})")
     print(table)

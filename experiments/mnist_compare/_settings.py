@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs trained together as one vmapped computation: the seeds and "
         "learning rates of one (optimizer, estimator) cell, at most N at a time; 1 "
         "trains one run at a time; auto is 1 on CPU (where batching measured "
-        "slower: docs/mnist.md) and a whole cell on GPU/TPU",
+        "slower: docs/mnist.md) and a whole cell on GPU/TPU, but 1 with "
+        "--checkpoint-every or several processes",
     )
     parser.add_argument(
         "--retime-steps",
@@ -267,6 +268,21 @@ def resolve(args: argparse.Namespace) -> Settings:
             lrs[opt] = tuple(preset["lrs"][opt])
     runner.check_flags(args, ("--iterations", "--eval-every"))
     batch_runs = _parse_batch_runs(args.batch_runs)
+    one_at_a_time = [
+        flag
+        for flag, used in (
+            ("--checkpoint-every", args.checkpoint_every is not None),
+            ("several processes", runner.processes_requested(args)),
+        )
+        if used
+    ]
+    if one_at_a_time and batch_runs != 1:
+        if args.batch_runs != "auto":
+            raise SystemExit(
+                f"error: --batch-runs {args.batch_runs}: {' and '.join(one_at_a_time)} "
+                "train one run at a time; use --batch-runs 1 (or auto)"
+            )
+        batch_runs = 1
     iterations = args.iterations or preset["iterations"]
     eval_every = min(args.eval_every or preset["eval_every"], iterations)
     divergent = {

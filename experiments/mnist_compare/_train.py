@@ -9,16 +9,13 @@ compilation or evaluation.
 import dataclasses
 import math
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-import fwdeqx
 from fwdeqx import models
 
 from .. import registry, runner
@@ -93,7 +90,7 @@ def prepare(config: RunConfig, dataset: Any, cache: runner.Cache) -> Prepared:
     layout = config.layout()
     model_key, train_key = jax.random.split(jax.random.key(config.seed))
     model = registry.MODELS[config.model](key=model_key)
-    step = fwdeqx.make_step(
+    step = runner.make_train_step(
         _loss,
         registry.make_optimizer(config.optimizer, config.lr),
         registry.make_estimator(config.estimator),
@@ -114,6 +111,18 @@ def prepare(config: RunConfig, dataset: Any, cache: runner.Cache) -> Prepared:
     return Prepared(training, static, evaluate)
 
 
+@dataclasses.dataclass
+class Progress:
+    """A run's record so far: what a checkpoint keeps beside the arrays."""
+
+    initial: tuple[float, float] | list[float]
+    curves: dict[str, list]
+    compile_time: float = 0.0
+    train_time: float = 0.0
+    threshold: float = math.inf
+    diverged_at: int | None = None
+
+
 @runner.under_standard_promotion
 def train_run(
     config: RunConfig,
@@ -121,6 +130,7 @@ def train_run(
     *,
     progress: bool = False,
     cache: runner.Cache | None = None,
+    checkpointing: runner.Checkpointing | None = None,
 ) -> dict[str, Any]:
     """Train one run and return its record for `runs.jsonl`.
 
@@ -132,6 +142,8 @@ def train_run(
     - `cache`: shared by the runs of a grid, so that the seeds of one
         configuration reuse its compiled chunk and evaluation (one compile per
         configuration; the later seeds record a compile time of 0).
+    - `checkpointing`: save the run's state as it goes, and resume from its last
+        checkpoint (`None`: no checkpoints).
 
     **Returns:**
 
@@ -143,39 +155,51 @@ def train_run(
     """
     prepared = prepare(config, dataset, runner.Cache() if cache is None else cache)
     training = prepared.training
-    initial = prepared.evaluate(training.carry[0])
-    compile_time = train_time = 0.0
-    curves = runner.new_curves(CURVES)
-    threshold = math.inf
-    diverged_at: int | None = None
+    sizes = chunk_sizes(config)
     chunks = run_chunks(config, dataset)
+    checkpoints = runner.run_checkpoints(checkpointing, config)
+    sizes, saved = checkpoints.restore(training, chunks, sizes)
+    if saved is None:
+        state = Progress(
+            prepared.evaluate(training.carry[0]), runner.new_curves(CURVES)
+        )
+    else:
+        state = Progress(**saved)
     with runner.progress_bar(
-        progress, total=config.iterations, desc=config.label
+        progress and runner.is_writer(),
+        total=config.iterations,
+        initial=training.done,
+        desc=config.label,
     ) as bar:
-        for chunk in runner.train_chunks(training, chunks, chunk_sizes(config)):
-            compile_time += chunk.compile_seconds
-            train_time += chunk.seconds
+        for chunk in runner.train_chunks(training, chunks, sizes):
+            state.compile_time += chunk.compile_seconds
+            state.train_time += chunk.seconds
             losses = chunk.losses
             if training.done == chunk.size and math.isfinite(float(losses[0])):
-                threshold = runner.DIVERGENCE_FACTOR * float(losses[0])
-            bad = runner.first_divergent_step(losses, threshold)
+                state.threshold = runner.DIVERGENCE_FACTOR * float(losses[0])
+            bad = runner.first_divergent_step(losses, state.threshold)
             if bad is not None:
-                diverged_at = training.done - chunk.size + bad + 1
+                state.diverged_at = training.done - chunk.size + bad + 1
                 bar.update(bad + 1)
                 bar.set_postfix_str("diverged")
                 break
             evaluation = prepared.evaluate(training.carry[0])
-            runner.add_point(curves, training.done, losses, evaluation, train_time)
+            runner.add_point(
+                state.curves, training.done, losses, evaluation, state.train_time
+            )
             bar.update(chunk.size)
             bar.set_postfix(loss=f"{float(losses[-1]):.4f}", val=f"{evaluation[0]:.4f}")
+            if checkpoints.due(training.done):
+                checkpoints.save(training, dataclasses.asdict(state))
+    checkpoints.save(training, dataclasses.asdict(state), final=True)
     return run_record(
         config,
         dataset,
-        initial=initial,
-        curves=curves,
-        compile_time=compile_time,
-        train_time=train_time,
-        diverged_at=diverged_at,
+        initial=(state.initial[0], state.initial[1]),
+        curves=state.curves,
+        compile_time=state.compile_time,
+        train_time=state.train_time,
+        diverged_at=state.diverged_at,
     )
 
 
@@ -189,9 +213,10 @@ def chunk_sizes(config: RunConfig) -> list[int]:
 
 def run_chunks(
     config: RunConfig, dataset: Any, num_steps: int | None = None
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The run's batches (its seed's order), stacked one chunk at a time; the first
-    `num_steps` only when given, as one chunk."""
+) -> runner.StackedChunks:
+    """The run's batches (its seed's order; this process's share of each with
+    several processes), stacked one chunk at a time; the first `num_steps` only
+    when given, as one chunk."""
     from fwdeqx import data
 
     batch_iter = data.batches(
@@ -201,9 +226,10 @@ def run_chunks(
         seed=config.seed,
         num_steps=num_steps or config.iterations,
         layout=config.layout(),
+        shard_options=runner.shard_options(),
     )
     sizes = [num_steps] if num_steps else chunk_sizes(config)
-    return runner.stacked_chunks(iter(batch_iter), sizes)
+    return runner.StackedChunks(batch_iter, sizes)
 
 
 def run_record(
@@ -262,21 +288,19 @@ def measure_step_times(
         seed0 = dataclasses.replace(config, seed=0)
         xs, ys = next(run_chunks(seed0, dataset, config.eval_every))
         training = prepared.training
-        arguments = (training.carry, training.consts, xs, ys, jnp.int32(0))
+        arguments = training.arguments(xs, ys)
         compiled, _ = training.program.compile(*arguments)
         # One untimed chunk: the first call of a compiled function pays for
         # allocations the others do not.
-        state = jax.block_until_ready(compiled(*arguments))
-        states.append([config, compiled, xs, ys, training.consts, state, []])
+        carry, _ = jax.block_until_ready(compiled(*arguments))
+        states.append([config, compiled, carry, arguments[1:], []])
     for round_index in range(rounds):
         shift = round_index % len(states)
         for entry in states[shift:] + states[:shift]:
-            config, compiled, xs, ys, key, state, times = entry
+            config, compiled, carry, inputs, times = entry
             start = time.perf_counter()
-            state = compiled(state[0], key, xs, ys, jnp.int32(0))
-            jax.block_until_ready(state)
+            entry[2], _ = jax.block_until_ready(compiled(carry, *inputs))
             times.append((time.perf_counter() - start) / config.eval_every)
-            entry[5] = state
     return {
         step_time_key(config): {
             "step_time": float(np.median(times)),

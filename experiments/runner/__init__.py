@@ -6,16 +6,25 @@
   whole-split evaluation, divergence, the progress bar.
 - `_cli`: the common flags, loading the data, the output folder, resume, Ctrl-C.
 - `_files`: atomic writes, runs.jsonl, `environment()`.
-
-A distributed mode or in-run checkpoints belong in `train_chunks`, the one place
-where a run's state (`Training`) advances.
+- `_processes`: the distributed mode (a run spanning several processes).
+- `_checkpoints`: checkpoints inside a run, and resuming from them.
 """
 
+from ._checkpoints import (
+    Checkpointing as Checkpointing,
+    Every as Every,
+    RunCheckpoints as RunCheckpoints,
+    read_checkpoint as read_checkpoint,
+    run_checkpoints as run_checkpoints,
+)
 from ._chunks import (
     DIVERGENCE_FACTOR as DIVERGENCE_FACTOR,
+    EVAL_BATCH as EVAL_BATCH,
     Cache as Cache,
     Chunk as Chunk,
     Evaluate as Evaluate,
+    Program as Program,
+    StackedChunks as StackedChunks,
     Training as Training,
     add_point as add_point,
     data_identity as data_identity,
@@ -27,7 +36,6 @@ from ._chunks import (
     new_curves as new_curves,
     progress_bar as progress_bar,
     stack as stack,
-    stacked_chunks as stacked_chunks,
     take as take,
     train_chunks as train_chunks,
     under_standard_promotion as under_standard_promotion,
@@ -35,6 +43,7 @@ from ._chunks import (
 from ._cli import (
     DATASETS as DATASETS,
     check_flags as check_flags,
+    checkpointing as checkpointing,
     command as command,
     dataset_info as dataset_info,
     experiment_parser as experiment_parser,
@@ -52,4 +61,16 @@ from ._files import (
     versions as versions,
     write_atomic as write_atomic,
     write_json as write_json,
+)
+from ._processes import (
+    agree as agree,
+    check_batch_split as check_batch_split,
+    is_writer as is_writer,
+    local as local,
+    make_train_step as make_train_step,
+    processes_requested as processes_requested,
+    say as say,
+    shard_options as shard_options,
+    start_processes as start_processes,
+    train_mesh as train_mesh,
 )

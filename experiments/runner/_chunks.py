@@ -22,9 +22,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 import fwdeqx
+
+from ._processes import is_writer, local, replicate, shard_steps, train_mesh
 
 
 EVAL_BATCH = 1000
@@ -189,14 +192,39 @@ class Cache:
 @dataclasses.dataclass
 class Training:
     """The state a program advances: `carry` (donated, replaced after each
-    chunk), `consts` (keys, learning rates), the steps done so far, and `members`,
-    the columns of a batched chunk's inputs still trained (`None`: one run)."""
+    chunk), `consts` (keys, learning rates), the steps done so far, `members`, the
+    columns of a batched chunk's inputs still trained (`None`: one run), and
+    `data_state`, the data iterator's position after `done` steps (set by
+    `train_chunks` when its chunks have one).
+
+    With several processes (`train_mesh()`), `carry` and `consts` are replicated
+    over every device and each chunk's batches are split over them."""
 
     program: Program
     carry: PyTree
     consts: PyTree
     done: int = 0
     members: np.ndarray | None = None
+    data_state: dict[str, Any] | None = None
+    mesh: Mesh | None = dataclasses.field(init=False, default=None)
+
+    def __post_init__(self):
+        self.mesh = train_mesh()
+        if self.mesh is not None:
+            self.carry, self.consts = replicate((self.carry, self.consts), self.mesh)
+
+    def arguments(self, xs: np.ndarray, ys: np.ndarray) -> tuple:
+        """The program's arguments for the next chunk of batches `xs, ys` (this
+        process's rows of them, with several processes)."""
+        if self.mesh is None:
+            return (self.carry, self.consts, xs, ys, jnp.int32(self.done))
+        return (
+            self.carry,
+            self.consts,
+            shard_steps(xs, self.mesh),
+            shard_steps(ys, self.mesh),
+            np.int32(self.done),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,20 +243,29 @@ def train_chunks(
     """Run `training` over `chunks` (stacked batches, one chunk per entry of
     `sizes`), yielding after each chunk; the consumer may stop at any yield.
 
-    `training.done` already counts the chunk yielded."""
+    `training.done` already counts the chunk yielded, and, when `chunks` has a
+    `get_state` (a `StackedChunks`), `training.data_state` is the data position
+    after it: what a checkpoint taken at the yield needs."""
+    if not sizes:
+        return
+    position = getattr(chunks, "get_state", None)
     xs, ys = next(chunks)
+    state = position() if position else None
     for index, size in enumerate(sizes):
         if training.members is not None:
             xs, ys = xs[:, training.members], ys[:, training.members]
-        arguments = (training.carry, training.consts, xs, ys, jnp.int32(training.done))
+        arguments = training.arguments(xs, ys)
         executable, compile_seconds = training.program.compile(*arguments)
         start = time.perf_counter()
         training.carry, losses = executable(*arguments)
+        chunk_state = state
         if index + 1 < len(sizes):
             xs, ys = next(chunks)  # overlaps with the device computing this chunk
-        losses = np.asarray(losses)
+            state = position() if position else None
+        losses = np.asarray(local(losses))
         seconds = time.perf_counter() - start
         training.done += size
+        training.data_state = chunk_state
         yield Chunk(size, losses, seconds, compile_seconds)
 
 
@@ -264,7 +301,9 @@ def make_evaluate(
 ) -> Evaluate:
     """`evaluate(params) -> (mean cross-entropy, accuracy)` of the model
     `eqx.combine(params, static)` on a whole split, in padded batches of
-    `EVAL_BATCH` under one `lax.map` (one compile, bounded memory)."""
+    `EVAL_BATCH` under one `lax.map` (one compile, bounded memory). With several
+    processes, process 0 evaluates its copy of the parameters; the others get
+    NaN (they write nothing)."""
     count = len(labels)
     size = min(EVAL_BATCH, count)
     num_batches = math.ceil(count / size)
@@ -294,22 +333,41 @@ def make_evaluate(
         return jnp.sum(loss_sums), jnp.sum(correct_sums)
 
     def evaluate(params) -> tuple[float, float]:
-        loss_sum, correct = jax.device_get(sums(params))
+        if not is_writer():  # only process 0 records evaluations
+            return math.nan, math.nan
+        loss_sum, correct = jax.device_get(sums(local(params)))
         return float(loss_sum) / count, float(correct) / count
 
     return evaluate
 
 
-def stacked_chunks(
-    batches: Iterator, sizes: list[int]
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The `(x, y)` batches of `batches`, stacked `size` at a time for each size."""
-    for size in sizes:
-        pairs = [next(batches) for _ in range(size)]
-        yield (
+class StackedChunks:
+    """The `(x, y)` batches of `batches`, stacked `size` at a time for each of
+    `sizes`; `get_state`/`set_state` are the batches' position (a
+    `fwdeqx.data.BatchIterator`'s), for checkpoints."""
+
+    def __init__(self, batches: Any, sizes: list[int]):
+        self.batches = batches
+        self._iterator = iter(batches)
+        self._sizes = iter(sizes)
+
+    def __iter__(self) -> "StackedChunks":
+        return self
+
+    def __next__(self) -> tuple[np.ndarray, np.ndarray]:
+        pairs = [next(self._iterator) for _ in range(next(self._sizes))]
+        return (
             np.stack([np.asarray(x) for x, _ in pairs]),
             np.stack([np.asarray(y) for _, y in pairs]),
         )
+
+    def get_state(self) -> dict[str, Any]:
+        return self.batches.get_state()
+
+    def set_state(self, state: dict[str, Any], sizes: list[int]) -> None:
+        """Continue from `state`, stacking `sizes` from there."""
+        self.batches.set_state(state)
+        self._sizes = iter(sizes)
 
 
 def finite_or_none(value: float) -> float | None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._checkpoints import Checkpointing, Every
 from ._files import (
     append_jsonl,
     check_output_dir,
@@ -21,6 +22,7 @@ from ._files import (
     output_dir,
     read_runs,
 )
+from ._processes import add_process_flags, agree, is_writer
 
 
 DATASETS = ("mnist", "fashion-mnist", "mnist-5k")
@@ -89,7 +91,25 @@ def experiment_parser(
         help=f"output folder (default: results/{name}/"
         "<preset>-<dataset actually used>-<model>)",
     )
+    parser.add_argument(
+        "--checkpoint-every",
+        metavar="N|TIME",
+        help="save each run's training state (model, optimizer state, step, key, "
+        "data position) every N steps or every TIME (30s, 10m, 1h), at the next "
+        "chunk boundary, in OUT/checkpoints/<run id>/: rerun the same command after "
+        "a crash or kill and the run resumes from its last checkpoint, with "
+        "bit-identical results; a finished run keeps its last one (the trained "
+        "model) (default: no checkpoints)",
+    )
+    add_process_flags(parser)
     return parser
+
+
+def checkpointing(args: argparse.Namespace, out: Path) -> Checkpointing | None:
+    """The job's checkpoints (`--checkpoint-every`), in `out/checkpoints`."""
+    if args.checkpoint_every is None:
+        return None
+    return Checkpointing(out / "checkpoints", Every.parse(args.checkpoint_every))
 
 
 def check_flags(args: argparse.Namespace, positive: Iterable[str]) -> None:
@@ -101,6 +121,8 @@ def check_flags(args: argparse.Namespace, positive: Iterable[str]) -> None:
             raise SystemExit(f"error: {flag} must be a positive integer, got {value}")
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise SystemExit(f"error: --data-dir {args.data_dir} is not a directory")
+    if args.checkpoint_every is not None:
+        Every.parse(args.checkpoint_every)
 
 
 def parse_lr(text: str, flag: str, value: str) -> float:
@@ -210,29 +232,33 @@ def train_grid(
     `[i/n] label: status`. A run missing at the end was not trained (`groups`
     left it out)."""
     finished = read_runs(path)
+    writer = is_writer()
     others = len(set(finished) - {c.run_id for c in configs})
-    if others:
+    if others and writer:
         print(
             f"note: {path} also holds {others} run(s) of other settings or "
             "other data; they are not counted here.",
             flush=True,
         )
     records = {c.run_id: finished[c.run_id] for c in configs if c.run_id in finished}
+    agree(len(records), f"the finished runs in {path}")
     reported = 0
 
-    def report(config: Any, text: str) -> None:
+    def report(config: Any, text: Callable[[], str]) -> None:
         nonlocal reported
         reported += 1
-        print(f"[{reported}/{len(configs)}] {label(config)}: {text}", flush=True)
+        if writer:  # the others' records hold no evaluations
+            print(f"[{reported}/{len(configs)}] {label(config)}: {text()}", flush=True)
 
     for config in configs:
         if config.run_id in records:
-            report(config, "already in runs.jsonl, skipped")
+            report(config, lambda: "already in runs.jsonl, skipped")
     for group in groups([c for c in configs if c.run_id not in records]):
         for config, record in zip(group, train(group), strict=True):
-            append_jsonl(path, record)
+            if writer:
+                append_jsonl(path, record)
             records[config.run_id] = record
-            report(config, status(record))
+            report(config, lambda: status(record))  # noqa: B023 (called at once)
     return [records[c.run_id] for c in configs if c.run_id in records]
 
 

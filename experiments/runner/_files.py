@@ -44,7 +44,7 @@ def output_dir(path: str | os.PathLike) -> Path:
     out = Path(path)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"  # processes may share `out`
         probe.write_text("")
         probe.unlink()
     except OSError as error:
@@ -54,22 +54,28 @@ def output_dir(path: str | os.PathLike) -> Path:
     return out
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old or the new file, never a
-    half-written one."""
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Write `content` to `path` so that readers see the old or the new file, never
+    a half-written one, even after a crash: temporary name, fsync, rename, fsync
+    of the folder."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         # mkstemp creates the file 0600; give it the mode `open` would (0666 less
         # the umask), like the PNGs and runs.jsonl next to it.
         os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content.encode() if isinstance(content, str) else content)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def _umask() -> int:

@@ -9,6 +9,7 @@ import equinox as eqx
 import jax
 import jax.tree_util as jtu
 import numpy as np
+from jax.core import Tracer
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jaxtyping import PyTree
@@ -129,8 +130,11 @@ def mesh_processes(mesh: Mesh) -> int:
 
 
 def is_global(leaf: Any) -> bool:
-    """A `jax.Array` spread over several processes (as opposed to process-local
-    data, which every other array is)."""
+    """A `jax.Array` spread over several processes, or a traced value (inside a
+    jitted function every array is the global one), as opposed to process-local
+    data, which every other array is."""
+    if isinstance(leaf, Tracer):
+        return True
     return isinstance(leaf, jax.Array) and not leaf.is_fully_addressable
 
 
@@ -138,7 +142,9 @@ def place(tree: PyTree, sharding: NamedSharding) -> PyTree:
     """Every array of `tree` as a global array with `sharding`, on one process or
     many. A leaf that is not yet global is this process's part of the array: its
     shard of a split axis, the whole array where the sharding replicates. A no-op
-    for arrays already placed so."""
+    for arrays already placed so. Inside a jitted function (e.g. the body of a
+    `lax.scan` of steps), where every array is already global, it constrains the
+    traced values to `sharding` instead."""
     return jtu.tree_map(
         lambda leaf: _place_array(leaf, sharding) if eqx.is_array(leaf) else leaf,
         tree,
@@ -146,6 +152,8 @@ def place(tree: PyTree, sharding: NamedSharding) -> PyTree:
 
 
 def _place_array(leaf: Any, sharding: NamedSharding) -> jax.Array:
+    if isinstance(leaf, Tracer):
+        return jax.lax.with_sharding_constraint(leaf, sharding)
     if isinstance(leaf, jax.Array) and leaf.sharding.is_equivalent_to(
         sharding, leaf.ndim
     ):

@@ -81,7 +81,10 @@ class DistributedTrainStep(eqx.Module):
     Build it with [`fwdeqx.distributed.make_step`][]. It is called exactly as
     [`fwdeqx.TrainStep`][]: `step(model, opt_state, batch, key) ->
     (model, opt_state, loss)`, and `step.init(model)` gives the optimizer state.
-    The returned model and optimizer state are replicated over the mesh.
+    The returned model and optimizer state are replicated over the mesh. The step
+    can also be called inside a jitted function, e.g. a `lax.scan` over steps whose
+    arguments are already global arrays: it then constrains them to the mesh
+    instead of placing them.
     """
 
     loss: Callable

@@ -182,13 +182,22 @@ class BatchIterator:
 
     def set_state(self, state: dict[str, Any]):
         """Continue from a state returned by `get_state` of an iterator with the same
-        configuration (same data size, batch size, seed, steps, layout)."""
-        if state.get("config") != self.config:
+        configuration (same data size, batch size, seed, steps, layout). The
+        processes of a sharded pipeline advance together, so a state saved by any
+        one of them restores every process's shard, and the unsharded pipeline."""
+        if _unsharded(state.get("config")) != _unsharded(self.config):
             raise ValueError(
                 "iterator state belongs to a different pipeline: saved "
                 f"{state.get('config')}, this one {self.config}"
             )
         self._iterator.set_state(state["grain"])
+
+
+def _unsharded(config: Any) -> Any:
+    """A pipeline's configuration without its shard (the same for every process)."""
+    if not isinstance(config, dict):
+        return config
+    return {key: value for key, value in config.items() if key != "shard"}
 
 
 def _shard(options: Any, batch_size: int) -> tuple[int, int]:

@@ -97,20 +97,49 @@ class AbstractLocalObjective(eqx.Module):
 
     def __call__(self, model: LocalNetwork, *batch: Any) -> Float[Array, ""]:
         """The objective of `model` on the batch `(x, y)` (or `x, y`)."""
-        model = check_local_network(model, f"fwdeqx.local.{type(self).__name__}")
-        counted = self.heads(model)
-        x, y = unpack_batch(batch)
+        model, x, y = self._checked(model, batch)
 
-        def one(xn, yn):
-            outputs = record(model, xn, detach=self.detaches).outputs
-            losses = []
-            for b in counted:
-                head = model.blocks[b].head
-                assert head is not None
-                losses.append(self.per_example_loss(head(outputs[b]), yn))
+        def per_example(xn, yn):
+            losses = self._example_losses(model, xn, yn)
             return sum(losses[1:], losses[0])
 
-        return jnp.mean(jax.vmap(one)(x, y))
+        return jnp.mean(jax.vmap(per_example)(x, y))
+
+    def head_losses(self, model: LocalNetwork, *batch: Any) -> Float[Array, " heads"]:
+        """The batch mean of each counted head's loss, in the order of
+        `heads(model)`: the terms whose sum is the objective. Divided by their
+        number, the objective is on the scale of one head's loss (the end-to-end
+        loss for `GlobalLoss`, which counts the last head only).
+
+        **Arguments:** as for calling the objective.
+
+        **Returns:**
+
+        A vector with one loss per counted head.
+        """
+        model, x, y = self._checked(model, batch)
+
+        def per_example(xn, yn):
+            return jnp.stack(self._example_losses(model, xn, yn))
+
+        return jnp.mean(jax.vmap(per_example)(x, y), axis=0)
+
+    def _checked(
+        self, model: LocalNetwork, batch: tuple[Any, ...]
+    ) -> tuple[LocalNetwork, Array, Array]:
+        model = check_local_network(model, f"fwdeqx.local.{type(self).__name__}")
+        self.heads(model)  # every counted block has a head
+        return (model, *unpack_batch(batch))
+
+    def _example_losses(self, model: LocalNetwork, xn: Array, yn: Array) -> list:
+        """One example's loss of each counted head."""
+        outputs = record(model, xn, detach=self.detaches).outputs
+        losses = []
+        for b in self.heads(model):
+            head = model.blocks[b].head
+            assert head is not None
+            losses.append(self.per_example_loss(head(outputs[b]), yn))
+        return losses
 
 
 class GlobalLoss(AbstractLocalObjective):
