@@ -62,14 +62,22 @@ def tables(quick: bool, compiler_options: dict[str, str] | None) -> dict[str, An
     depths = (2,) if quick else (2, 4, 8, 16)
     variants = QUICK_VARIANTS if quick else VARIANTS
     paper = mlp_setup("paper-mlp", 16 if quick else 1024, 2, 4 if quick else 64)
-    results: dict[str, Any] = {
-        "paper-mlp": memory_table(paper, variants, compiler_options),
-        "depth": {},
-    }
+    # A model and batch size described alike are measured once (with --quick, the
+    # paper MLP is also the depth-2 MLP).
+    measured: dict[str, dict[str, Any]] = {}
+
+    def measure(setup: Setup) -> dict[str, Any]:
+        if setup.description not in measured:
+            measured[setup.description] = memory_table(
+                setup, variants, compiler_options
+            )
+        return measured[setup.description]
+
+    results: dict[str, Any] = {"paper-mlp": measure(paper), "depth": {}}
     for depth in depths:
         setup = mlp_setup(f"mlp-depth{depth}", width, depth, batch)
         print(f"[memory] {setup.description}, {compiler_options}", flush=True)
-        results["depth"][str(depth)] = memory_table(setup, variants, compiler_options)
+        results["depth"][str(depth)] = measure(setup)
     for label, table in [("paper-mlp", results["paper-mlp"])] + [
         (f"depth {d}", t) for d, t in results["depth"].items()
     ]:

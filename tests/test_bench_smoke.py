@@ -7,6 +7,7 @@ import pytest
 from benchmarks import __main__ as bench
 
 
+@pytest.mark.usefixtures("fast_compile")
 def test_quick_benchmark_writes_report(tmp_path):
     code = bench.main(
         ["--quick", "--out", str(tmp_path), "--only", "steps", "memory", "quality"]
@@ -76,6 +77,7 @@ def test_collective_bytes_parses_hlo():
     assert totals["reduce-scatter"] == totals["all-to-all"] == 0
 
 
+@pytest.mark.usefixtures("fast_compile")
 def test_batched_suite_reports_seeds_per_second(tmp_path):
     """The batched-vs-alone suite runs both ways on the same seeds and reports the
     rate ratio (its value is a measurement, not asserted)."""

@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 from experiments import estimators
 
 
+@pytest.mark.usefixtures("fast_compile")
 def test_quick_quality_and_training(tmp_path):
     estimators.main(["--quick", "--out", str(tmp_path)])
     quality = json.loads((tmp_path / "quality.json").read_text())

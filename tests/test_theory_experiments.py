@@ -24,6 +24,7 @@ def _run(module, tmp_path):
     return record, on_disk
 
 
+@pytest.mark.usefixtures("fast_compile")
 def test_beale_quick(tmp_path):
     _, data = _run(beale, tmp_path)
     assert set(data["figures"]) == {
@@ -57,6 +58,7 @@ def test_beale_quick(tmp_path):
         assert max(trajectory["fgd_final_loss"]) < start_loss
 
 
+@pytest.mark.usefixtures("fast_compile")
 def test_unbiasedness_quick(tmp_path):
     """Second moments against theory, |z| < 5 for each of the 12 (problem, n,
     distribution) cells; the mean of 4000 samples is close to normal here, so the
@@ -109,23 +111,30 @@ def test_convergence_quick(tmp_path):
                     assert row["ratio_exact"] <= 1.0, (problem, name, row)
 
 
+@pytest.mark.usefixtures("fast_compile")
 def test_exact_moment_recursion_matches_monte_carlo(getkey):
     """The exact E‖∇f(θ_k)‖² of the quadratic against 4000 simulated runs: the
     Monte-Carlo mean is within 5 standard errors at k = 10 and 30 (about 1e-6
-    false-failure probability each, normal approximation)."""
+    false-failure probability each, normal approximation). Both distributions run
+    in one compiled program, on independent keys."""
     problem = convergence.make_quadratic(jax.random.key(1), 3, 5)
     steps = 31
-    for name in ("gaussian", "rademacher"):
-        alpha = np.asarray([0.05])
-        settings = {name: (convergence.TANGENTS[name], jnp.asarray(alpha, jnp.float32))}
-        mean, stderr = convergence.simulate(
-            problem, settings, getkey(), seeds=4000, steps=steps
-        )[name]
+    alpha = np.asarray([0.05])
+    settings = {
+        name: (convergence.TANGENTS[name], jnp.asarray(alpha, jnp.float32))
+        for name in ("gaussian", "rademacher")
+    }
+    simulated = convergence.simulate(
+        problem, settings, getkey(), seeds=4000, steps=steps
+    )
+    assert set(simulated) == set(settings)
+    for name, (mean, stderr) in simulated.items():
         exact = convergence.exact_quadratic_moments(problem, name, alpha, steps)
         for k in (10, 30):
             assert abs(mean[k, 0] - exact[k, 0]) < 5 * stderr[k, 0], (name, k)
 
 
+@pytest.mark.usefixtures("fast_compile")
 @pytest.mark.parametrize("tangents", [fwdeqx.Gaussian(), fwdeqx.Rademacher()])
 def test_beale_mean_of_10000_forward_gradients(tangents, getkey):
     """ḡ = mean of K = 10,000 forward gradients at the paper's point. Per component,

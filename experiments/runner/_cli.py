@@ -28,7 +28,8 @@ from ._processes import add_process_flags, agree, is_writer
 DATASETS = ("mnist", "fashion-mnist", "mnist-5k")
 INTERRUPTED = (
     "interrupted; rerun the same command to resume (finished runs are kept in "
-    "runs.jsonl)"
+    "runs.jsonl; with --checkpoint-every, the run in progress continues from its "
+    "last checkpoint)"
 )
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 
