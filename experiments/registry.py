@@ -30,8 +30,9 @@ Optimizers map a name to a factory `lr -> optax.GradientTransformation` (`sgd`,
 optax.lion`. `lr` is a number or, through `SCHEDULES`, an optax schedule.
 
 `MODELS` are the `fwdeqx.models` classifiers (`mlp`, `logreg`, `cnn`);
-`LOCAL_NETWORKS` the `fwdeqx.local` networks (`mlp`, `cnn`, `mixer`) built from
-keyword arguments `arch`; `METHODS` the local-loss methods of Ren et al. (2023):
+`LOCAL_NETWORKS` the `fwdeqx.local` networks (`mlp`, `cnn`, `mixer`, and with
+per-location losses `location-cnn`, `location-mixer`) built from keyword arguments
+`arch`; `METHODS` the local-loss methods of Ren et al. (2023):
 
 | method   | objective                       | estimator                        |
 |----------|---------------------------------|----------------------------------|
@@ -199,6 +200,24 @@ LOCAL_NETWORKS: dict[str, Callable[..., fl.LocalNetwork]] = {
         image[-1],
         arch["patch"],
         image[0],
+        arch["width"],
+        arch["depth"],
+        10,
+        key=key,
+        groups=arch["groups"],
+    ),
+    "location-cnn": lambda arch, *, image, key: fl.location_cnn(
+        image[0],
+        arch["channels"],
+        10,
+        key=key,
+        groups=arch["groups"],
+        image_size=image[-1],
+    ),
+    "location-mixer": lambda arch, *, image, key: fl.location_mixer(
+        image[-1],
+        image[0],
+        arch["patches"],
         arch["width"],
         arch["depth"],
         10,

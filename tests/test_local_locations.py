@@ -16,6 +16,10 @@ import fwdeqx.local as fl
 from .helpers import assert_unbiased, flat_estimates, unbiasedness
 
 
+# Compile-bound (a few estimators on tiny networks): see conftest.fast_compile.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+
 F64 = jnp.float64
 
 

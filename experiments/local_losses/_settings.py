@@ -16,8 +16,15 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "mlp": {"width": 256, "depth": 2, "groups": 64},
     "cnn": {"channels": (32, 64, 64), "groups": 1},
     "mixer": {"patch": 4, "width": 128, "depth": 4, "groups": 4},
+    # Per-location losses. Two convolutions per block, 16 and 32 channels, 4 groups.
+    "location-cnn": {"channels": (16, 32), "groups": 4},
+    # Ren et al.'s LocalMixer, small, for 28x28 images: 4x4 patches of 7x7 pixels,
+    # width 64, 3 blocks, 8 groups. Their CIFAR-10 M/8/16 is --patches 8 --width
+    # 512 --depth 4 --groups 16.
+    "location-mixer": {"patches": 4, "width": 64, "depth": 3, "groups": 8},
 }
-"""Architecture of each model (flags `--width`, `--depth`, `--groups` override)."""
+"""Architecture of each model (flags `--width`, `--depth`, `--groups`,
+`--channels`, `--patches` override)."""
 LEARNING_RATES: dict[str, float] = {
     "backprop": 1e-3,
     "fg-w": 1e-4,
@@ -144,9 +151,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--channels",
-        help="CNN channels per block, comma-separated (default: "
-        + ",".join(map(str, ARCH_DEFAULTS["cnn"]["channels"]))
+        help="CNN channels per block, comma-separated (defaults: "
+        + ", ".join(
+            f"{m} " + ",".join(map(str, a["channels"]))
+            for m, a in ARCH_DEFAULTS.items()
+            if "channels" in a
+        )
         + ")",
+    )
+    parser.add_argument(
+        "--patches",
+        type=int,
+        help="location-mixer patches per image side (default "
+        f"{ARCH_DEFAULTS['location-mixer']['patches']}; Ren et al.'s CIFAR-10 "
+        "M/8/16 is --patches 8 --width 512 --depth 4 --groups 16)",
     )
     parser.add_argument(
         "--groups",
@@ -208,20 +226,27 @@ def resolve(args: argparse.Namespace) -> Settings:
     any invalid value, before any work starts."""
     preset = PRESETS[args.preset]
     methods = parse_methods(args.methods) if args.methods else tuple(preset["methods"])
-    flags = ("--batch-size", "--num-tangents", "--width", "--depth", "--groups")
+    flags = (
+        "--batch-size",
+        "--num-tangents",
+        "--width",
+        "--depth",
+        "--groups",
+        "--patches",
+    )
     runner.check_flags(args, ("--epochs", *flags))
     model = args.model or preset["model"]
     arch = dict(ARCH_DEFAULTS[model])
     if model == preset["model"]:
         arch.update(preset.get("arch", {}))
-    for name in ("width", "depth", "groups"):
+    for name in ("width", "depth", "groups", "patches"):
         value = getattr(args, name)
         if value is not None:
             if name not in arch:
                 raise SystemExit(f"error: --{name} does not apply to --model {model}")
             arch[name] = value
     if args.channels is not None:
-        if model != "cnn":
+        if "channels" not in arch:
             raise SystemExit(f"error: --channels does not apply to --model {model}")
         try:
             channels = tuple(int(c) for c in args.channels.split(","))
@@ -233,7 +258,7 @@ def resolve(args: argparse.Namespace) -> Settings:
                 "separated by commas, e.g. 32,64"
             )
         arch["channels"] = channels
-    sizes = arch["channels"] if model == "cnn" else (arch["width"],)
+    sizes = arch["channels"] if "channels" in arch else (arch["width"],)
     if any(size % arch["groups"] for size in sizes):
         raise SystemExit(
             f"error: --groups {arch['groups']} must divide the {model}'s width "

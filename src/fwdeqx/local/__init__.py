@@ -26,7 +26,13 @@ from ._heads import (
     LocationHead as LocationHead,
 )
 from ._layers import Block as Block, LocalNetwork as LocalNetwork, Residual as Residual
-from ._models import cnn as cnn, local_mixer as local_mixer, mlp as mlp
+from ._models import (
+    cnn as cnn,
+    local_mixer as local_mixer,
+    location_cnn as location_cnn,
+    location_mixer as location_mixer,
+    mlp as mlp,
+)
 from ._objectives import (
     AbstractLocalObjective as AbstractLocalObjective,
     GlobalLoss as GlobalLoss,
@@ -63,6 +69,8 @@ __all__ = [
     "alignment",
     "cnn",
     "local_mixer",
+    "location_cnn",
+    "location_mixer",
     "mlp",
     "softmax_cross_entropy",
 ]

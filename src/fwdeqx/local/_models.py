@@ -1,4 +1,6 @@
-"""Ready-made local-loss networks: an MLP, a CNN and a LocalMixer-like patch model."""
+"""Ready-made local-loss networks: an MLP, a CNN and a LocalMixer-like patch model,
+and two networks with per-location losses: a CNN (`location_cnn`) and Ren et al.'s
+LocalMixer (`location_mixer`)."""
 
 from collections.abc import Sequence
 from typing import Any
@@ -8,9 +10,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
-from ._heads import LinearHead
+from ._heads import LinearHead, LocationHead
 from ._layers import Block, LocalNetwork, Residual
-from ._sites import Perturbed
+from ._sites import LocationPerturbed, Perturbed
 
 
 class _Image(eqx.Module):
@@ -33,6 +35,23 @@ class _Patches(eqx.Module):
         p = self.patch
         x = x.reshape(c, h // p, p, w // p, p).transpose(1, 3, 2, 4, 0)
         return x.reshape((h // p) * (w // p), p * p * c)
+
+
+class _Normalize(eqx.Module):
+    """Parameter-free layer normalisation of channel-first features `(C, *locations)`:
+    at every location, each of `groups` contiguous channel groups is normalised to
+    zero mean and unit variance over its channels (Ren et al.'s LayerNorm, which
+    has no scale or shift)."""
+
+    groups: int = eqx.field(static=True, default=1)
+    eps: float = eqx.field(static=True, default=1e-5)
+
+    def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
+        del key
+        grouped = x.reshape(self.groups, x.shape[0] // self.groups, *x.shape[1:])
+        mean = jnp.mean(grouped, axis=1, keepdims=True)
+        var = jnp.var(grouped, axis=1, keepdims=True)
+        return ((grouped - mean) * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
 
 
 def mlp(
@@ -202,4 +221,191 @@ def local_mixer(
             width, num_classes, groups=groups, channel_axis=-1, key=k_head, dtype=dtype
         )
         blocks.append(Block(layers, head))
+    return LocalNetwork(blocks)
+
+
+def location_cnn(
+    in_channels: int,
+    channels: int | Sequence[int],
+    num_classes: int,
+    *,
+    key: PRNGKeyArray,
+    image_size: int = 28,
+    kernel_size: int = 3,
+    groups: int = 1,
+    dtype: Any = None,
+) -> LocalNetwork:
+    """A CNN with per-location local losses: one block per entry of `channels`,
+    each two convolutions (same padding) with ReLUs and a 2×2 max pooling,
+
+        Perturbed(Conv2d) → ReLU → LocationPerturbed(Conv2d) → ReLU → MaxPool2d(2, 2),
+
+    and a `LocationHead` (a `LinearHead` with `groups` channel groups, one loss
+    copy per pooled position and group); the last head gives the logits.
+
+    Both convolutions are perturbed, so every forward-mode derivative crosses a
+    layer and a nonlinearity. The second convolution's units reach the head at
+    their own channel and pooled position, so each is paired with its own copy;
+    the first one's output is mixed by the second convolution, so it is paired
+    with the sum of the copies (see `fwdeqx.local.LocationPerturbed`).
+
+    **Arguments:**
+
+    - `in_channels`: channels of the input image, given as `(C, H, W)`, `(H, W)`
+        or flat.
+    - `channels`: output channels of each block (an int: one block).
+    - `num_classes`: number of logits.
+    - `key`: initialisation key.
+    - `image_size`: height = width of the input; divisible by 2 per block.
+    - `kernel_size`: convolution kernel size.
+    - `groups`: channel groups of every head; divides every entry of `channels`.
+    - `dtype`: parameter dtype.
+    """
+    widths = (channels,) if isinstance(channels, int) else tuple(channels)
+    if not widths:
+        raise ValueError("location_cnn needs at least one block (channels).")
+    if image_size % 2 ** len(widths) != 0:
+        raise ValueError(
+            f"location_cnn halves the image in each of its {len(widths)} blocks: "
+            f"image_size={image_size} must be divisible by {2 ** len(widths)}."
+        )
+    keys = jax.random.split(key, 3 * len(widths))
+    blocks = []
+    previous, size = in_channels, image_size
+    for i, width in enumerate(widths):
+        k_first, k_second, k_head = keys[3 * i : 3 * i + 3]
+        first, second = (
+            eqx.nn.Conv2d(
+                fan_in, width, kernel_size, padding="SAME", key=k, dtype=dtype
+            )
+            for fan_in, k in ((previous, k_first), (width, k_second))
+        )
+        size //= 2
+        layers: list = [_Image(in_channels, image_size)] if i == 0 else []
+        layers += [
+            Perturbed(first),
+            jax.nn.relu,
+            LocationPerturbed(second, pool_stride=2),
+            jax.nn.relu,
+            eqx.nn.MaxPool2d(2, 2),
+        ]
+        head = LinearHead(width, num_classes, groups=groups, key=k_head, dtype=dtype)
+        blocks.append(Block(layers, LocationHead(head, (size, size))))
+        previous = width
+    return LocalNetwork(blocks)
+
+
+def location_mixer(
+    image_size: int,
+    in_channels: int,
+    patches: int,
+    width: int,
+    depth: int,
+    num_classes: int,
+    *,
+    key: PRNGKeyArray,
+    groups: int = 1,
+    dtype: Any = None,
+) -> LocalNetwork:
+    """Ren et al.'s LocalMixer (ICLR 2023, their code's `train_mixer_supervised.py`),
+    with block-wise, patch-wise and channel-group-wise local losses.
+
+    The image is cut into P = `patches`² non-overlapping patches (`patches` per
+    side), kept channel-first as `(features, P)`. Every block ends in a
+    `LocationHead` (average over patches, then a `Linear`; one loss copy per patch
+    and channel group) and has two or three perturbed layers, each preceded by a
+    parameter-free LayerNorm (`N`: per patch over the channels; `N_G`: per patch
+    within each of the `groups` channel groups):
+
+    - block 0, the patch embedding: N → `Perturbed` linear (patch pixels →
+      `width`) → ReLU → N_G → grouped linear → ReLU;
+    - blocks 1 … `depth`−1, residual: x + [N → token mixing (`Perturbed`
+      `Linear(P, P)` along the patches) → ReLU → N → channel mixing (`Perturbed`
+      linear `width` → `width`) → ReLU → N_G → grouped linear], then ReLU.
+
+    The grouped linear (a 1×1 `Conv1d` with `groups`, Ren's block-diagonal
+    `group_linear`) is a `LocationPerturbed` site: its unit at patch l in group g
+    reaches the head only at (l, g), so it is paired with that copy alone. The
+    other layers' outputs mix patches or groups before the head and pair with
+    the sum of the copies.
+
+    Differences from Ren et al.: their LayerNorm also follows each linear layer,
+    with the perturbation added after it; here a site's output is its affine
+    layer's, so ReLU follows it directly (its inactive units are masked) and the
+    normalisation moves before the next linear layer. Their optional LayerNorm
+    before each head is left out (it would mix the channels the copies split).
+
+    Configurations (Ren et al.'s `S/P/G` names: model size / patches per side /
+    channel groups; their code's `num_patches` is "number of patches on each
+    side", e.g. ImageNet L/32/64 is `num_patches=32`, `num_groups=64`, 4 blocks of
+    2048 channels):
+
+    - M/8/16 on 32×32×3 CIFAR-10: `location_mixer(32, 3, patches=8, width=512,
+      depth=4, num_classes=10, groups=16)`: 64 patches of 4×4 pixels, 16 groups
+      (1,024 loss copies per block). The width and depth of "M" (512 channels,
+      4 blocks) are our reading of the paper, not checked against their code.
+    - small, for 28×28×1 data: `location_mixer(28, 1, patches=4, width=64,
+      depth=3, num_classes=10, groups=8)`: 16 patches of 7×7 pixels. (Ren's
+      MNIST M/1/16 has a single patch, so no token mixing.)
+
+    **Arguments:**
+
+    - `image_size`, `in_channels`: the input, `(C, H, W)`, `(H, W)` or flat;
+        square.
+    - `patches`: patches per side; divides `image_size`.
+    - `width`: channels per patch; `depth`: number of blocks (≥ 1).
+    - `num_classes`: number of logits.
+    - `key`: initialisation key.
+    - `groups`: channel groups of every head and grouped linear; divides `width`.
+    - `dtype`: parameter dtype.
+    """
+    if patches < 1 or image_size % patches != 0:
+        raise ValueError(f"patches={patches} must divide image_size={image_size}.")
+    if depth < 1:
+        raise ValueError("location_mixer needs depth >= 1.")
+    if groups < 1 or width % groups != 0:
+        raise ValueError(
+            f"groups={groups} must be a positive divisor of width={width}."
+        )
+    size = image_size // patches
+    tokens = patches * patches
+    keys = iter(jax.random.split(key, 4 * depth))
+
+    def pointwise(fan_in: int, site_groups: int = 1) -> eqx.nn.Conv1d:
+        return eqx.nn.Conv1d(
+            fan_in, width, 1, groups=site_groups, key=next(keys), dtype=dtype
+        )
+
+    def grouped() -> list:
+        return [_Normalize(groups), LocationPerturbed(pointwise(width, groups))]
+
+    blocks = []
+    for i in range(depth):
+        if i == 0:
+            layers: list = [
+                _Image(in_channels, image_size),
+                _Patches(size),
+                jnp.transpose,  # (P, pixels) -> (pixels, P)
+                _Normalize(),
+                Perturbed(pointwise(size * size * in_channels)),
+                jax.nn.relu,
+                *grouped(),
+                jax.nn.relu,
+            ]
+        else:
+            token = eqx.nn.Linear(tokens, tokens, key=next(keys), dtype=dtype)
+            branch = [
+                _Normalize(),
+                Perturbed(token, tokenwise=True),
+                jax.nn.relu,
+                _Normalize(),
+                Perturbed(pointwise(width)),
+                jax.nn.relu,
+                *grouped(),
+            ]
+            layers = [Residual(branch), jax.nn.relu]
+        head = LinearHead(
+            width, num_classes, groups=groups, key=next(keys), dtype=dtype
+        )
+        blocks.append(Block(layers, LocationHead(head, (tokens,))))
     return LocalNetwork(blocks)
