@@ -69,23 +69,71 @@ def _steps(
 
 def make_chunk_fn(step: fwdeqx.TrainStep, static: PyTree) -> Callable:
     """`chunk((params, opt_state), key, xs, ys, start) -> ((params, opt_state),
-    losses)`: `len(xs)` steps of `step` (estimate, optax update, apply) in one
-    `lax.scan`. Step `i` uses `fold_in(key, i)`, so the numbers do not depend on
-    how the run is cut into chunks."""
+    losses)`: `len(xs)` steps of `step` (estimate, optax update, apply). Step `i`
+    uses `fold_in(key, i)`, so the numbers do not depend on how the run is cut
+    into chunks.
+
+    The steps run in one `lax.scan`, except for a model with convolutions, whose
+    chunk is a Python loop over one jitted step (`SteppedChunk`): XLA's CPU
+    backend runs convolutions inside a loop 7 to 8 times slower than in a jitted
+    step of their own (docs/local-losses.md)."""
+
+    def one_step(carry, key: PRNGKeyArray, x, y, index: Int[Array, ""]):
+        params, opt_state = carry
+        model = eqx.combine(params, static)
+        model, opt_state, loss = step(
+            model, opt_state, (x, y), jax.random.fold_in(key, index)
+        )
+        return (eqx.filter(model, eqx.is_array), opt_state), loss
+
+    if has_convolutions(static):
+        return SteppedChunk(jax.jit(one_step, donate_argnums=0))
 
     def chunk(carry, key: PRNGKeyArray, xs, ys, start: Int[Array, ""]):
         def body(carry, inputs):
-            params, opt_state = carry
             x, y, index = inputs
-            model = eqx.combine(params, static)
-            model, opt_state, loss = step(
-                model, opt_state, (x, y), jax.random.fold_in(key, index)
-            )
-            return (eqx.filter(model, eqx.is_array), opt_state), loss
+            return one_step(carry, key, x, y, index)
 
         return _steps(body, carry, xs, ys, start)
 
     return jax.jit(chunk, donate_argnums=0)
+
+
+def has_convolutions(tree: PyTree) -> bool:
+    """Whether `tree` (a model, or its static part) holds an `eqx.nn.Conv`."""
+    leaves = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, eqx.nn.Conv))
+    return any(isinstance(leaf, eqx.nn.Conv) for leaf in leaves)
+
+
+@dataclasses.dataclass(frozen=True)
+class SteppedChunk:
+    """A chunk run as a Python loop over one jitted step `step(carry, key, x, y,
+    index) -> (carry, loss)`, with the interface of a jitted chunk function:
+    `lower(carry, consts, xs, ys, start).compile()` gives `run(carry, consts, xs,
+    ys, start) -> (carry, losses)`."""
+
+    step: Any
+
+    def lower(self, carry, consts, xs, ys, start) -> "SteppedChunk._Lowered":
+        return SteppedChunk._Lowered(
+            self.step.lower(carry, consts, xs[0], ys[0], start)
+        )
+
+    @dataclasses.dataclass(frozen=True)
+    class _Lowered:
+        lowered: Any
+
+        def compile(self) -> Callable:
+            compiled = self.lowered.compile()
+
+            def run(carry, consts, xs, ys, start):
+                losses = []
+                for i in range(xs.shape[0]):
+                    carry, loss = compiled(carry, consts, xs[i], ys[i], start + i)
+                    losses.append(loss)
+                return carry, jnp.stack(losses)
+
+            return run
 
 
 def make_batched_chunk_fn(
