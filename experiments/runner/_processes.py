@@ -123,25 +123,15 @@ def make_train_step(loss: Any, optimizer: Any, estimator: Any) -> Any:
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     """Every array of `tree` (the same on every process) as a global array
-    replicated over `mesh`; PRNG keys travel as their key data."""
-    sharding = NamedSharding(mesh, PartitionSpec())
-
-    def one(leaf: Any) -> Any:
-        if not eqx.is_array(leaf):
-            return leaf
-        if _is_key(leaf):
-            data = replicate(jax.random.key_data(leaf), mesh)
-            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
-        return jax.make_array_from_process_local_data(sharding, np.asarray(leaf))
-
-    return jax.tree.map(one, tree)
+    replicated over `mesh`."""
+    return fwdeqx.distributed.place(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 def shard_steps(array: np.ndarray, mesh: Mesh) -> jax.Array:
     """This process's rows of a chunk of batches, `(steps, rows, ...)`, as the
     global `(steps, batch, ...)` array split over `mesh` along the batch axis."""
     sharding = NamedSharding(mesh, PartitionSpec(None, AXIS))
-    return jax.make_array_from_process_local_data(sharding, array)
+    return fwdeqx.distributed.place(array, sharding)
 
 
 def local(tree: PyTree) -> PyTree:

@@ -139,12 +139,27 @@ def is_global(leaf: Any) -> bool:
 
 
 def place(tree: PyTree, sharding: NamedSharding) -> PyTree:
-    """Every array of `tree` as a global array with `sharding`, on one process or
-    many. A leaf that is not yet global is this process's part of the array: its
-    shard of a split axis, the whole array where the sharding replicates. A no-op
-    for arrays already placed so. Inside a jitted function (e.g. the body of a
-    `lax.scan` of steps), where every array is already global, it constrains the
-    traced values to `sharding` instead."""
+    """Place every array of `tree` as a global array with `sharding`, on one
+    process or many: what [`fwdeqx.distributed.make_step`][]'s step does with its
+    arguments, for a training loop that places them itself (e.g. a jitted
+    `lax.scan` over steps, whose inputs must already be global).
+
+    **Arguments:**
+
+    - `tree`: any pytree; its non-array leaves are returned as they are. A leaf
+        that is not yet global is this process's part of the array: its shard of
+        a split axis (its rows of the batch), the whole array where `sharding`
+        replicates (every process passes the same). PRNG keys are placed like
+        other arrays.
+    - `sharding`: a `jax.sharding.NamedSharding`, e.g. `NamedSharding(mesh,
+        PartitionSpec())` to replicate.
+
+    **Returns:**
+
+    `tree` with global arrays: a no-op for arrays already placed so; another
+    sharding of a global array is resharded. Inside a jitted function, where every
+    array is already global, the traced values are constrained to `sharding`.
+    """
     return jtu.tree_map(
         lambda leaf: _place_array(leaf, sharding) if eqx.is_array(leaf) else leaf,
         tree,

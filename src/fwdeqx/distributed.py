@@ -49,7 +49,7 @@ from ._distributed_runtime import (
     initialize as initialize,
     is_global,
     mesh_processes,
-    place,
+    place as place,
 )
 from ._estimators import (
     AbstractEstimator,
@@ -522,4 +522,5 @@ __all__ = [
     "initialize",
     "make_backprop_step",
     "make_step",
+    "place",
 ]
