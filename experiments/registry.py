@@ -42,6 +42,9 @@ per-location losses `location-cnn`, `location-mixer`) built from keyword argumen
 | lg-bp    | `fl.LocalLoss` (stop-gradients) | `fwdeqx.Backprop()` (reference)  |
 | lg-fg-w  | `fl.LocalLoss` (stop-gradients) | `fl.LocalWeightPerturbation()`   |
 | lg-fg-a  | `fl.LocalLoss`                  | `fl.ActivityPerturbation()`      |
+
+The forward estimators draw their tangents from `TANGENTS` (`gaussian`, the
+default, or `rademacher`).
 """
 
 import math
@@ -60,7 +63,9 @@ from fwdeqx import models
 
 EstimatorFactory = Callable[[int], fwdeqx.AbstractEstimator]
 OptimizerFactory = Callable[[Any], optax.GradientTransformation]
-MethodFactory = Callable[[int], tuple[Callable, fwdeqx.AbstractEstimator]]
+MethodFactory = Callable[
+    [int, fwdeqx.AbstractTangentDistribution], tuple[Callable, fwdeqx.AbstractEstimator]
+]
 
 
 def _no_tangents(make: Callable[[], fwdeqx.AbstractEstimator]) -> EstimatorFactory:
@@ -195,6 +200,7 @@ LOCAL_NETWORKS: dict[str, Callable[..., fl.LocalNetwork]] = {
         key=key,
         groups=arch["groups"],
         image_size=image[-1],
+        locations=arch.get("locations", False),
     ),
     "mixer": lambda arch, *, image, key: fl.local_mixer(
         image[-1],
@@ -240,24 +246,43 @@ def make_local_network(
     return LOCAL_NETWORKS[name](arch, image=image, key=key)
 
 
-METHODS: dict[str, MethodFactory] = {
-    "backprop": lambda k: (fl.GlobalLoss(), fwdeqx.Backprop()),
-    "fg-w": lambda k: (fl.GlobalLoss(), fwdeqx.ForwardGradient(num_tangents=k)),
-    "fg-a": lambda k: (fl.GlobalLoss(), fl.ActivityPerturbation(num_tangents=k)),
-    "lg-bp": lambda k: (fl.LocalLoss(), fwdeqx.Backprop()),
-    "lg-fg-w": lambda k: (fl.LocalLoss(), fl.LocalWeightPerturbation(num_tangents=k)),
-    "lg-fg-a": lambda k: (fl.LocalLoss(), fl.ActivityPerturbation(num_tangents=k)),
+TANGENTS: dict[str, Callable[[], fwdeqx.AbstractTangentDistribution]] = {
+    "gaussian": fwdeqx.Gaussian,
+    "rademacher": fwdeqx.Rademacher,
 }
-"""Local-loss methods, in the row order of Ren et al.'s Table 3: K tangents ->
-`(objective, estimator)`, `objective(model, x, y)` a batch-mean scalar."""
+"""Tangent distributions of the forward local-loss methods, by name."""
+
+METHODS: dict[str, MethodFactory] = {
+    "backprop": lambda k, v: (fl.GlobalLoss(), fwdeqx.Backprop()),
+    "fg-w": lambda k, v: (fl.GlobalLoss(), fwdeqx.ForwardGradient(v, num_tangents=k)),
+    "fg-a": lambda k, v: (fl.GlobalLoss(), fl.ActivityPerturbation(v, num_tangents=k)),
+    "lg-bp": lambda k, v: (fl.LocalLoss(), fwdeqx.Backprop()),
+    "lg-fg-w": lambda k, v: (
+        fl.LocalLoss(),
+        fl.LocalWeightPerturbation(v, num_tangents=k),
+    ),
+    "lg-fg-a": lambda k, v: (
+        fl.LocalLoss(),
+        fl.ActivityPerturbation(v, num_tangents=k),
+    ),
+}
+"""Local-loss methods, in the row order of Ren et al.'s Table 3: (K tangents, their
+distribution) -> `(objective, estimator)`, `objective(model, x, y)` a batch-mean
+scalar."""
 
 
-def make_method(name: str, num_tangents: int) -> tuple[Callable, Any]:
-    """`(objective, estimator)` of the local-loss method `name`."""
+def make_method(
+    name: str, num_tangents: int, tangents: str = "gaussian"
+) -> tuple[Callable, Any]:
+    """`(objective, estimator)` of the local-loss method `name`, its forward
+    estimators drawing `num_tangents` tangents from `TANGENTS[tangents]`."""
     if name not in METHODS:
         known = ", ".join(METHODS)
         raise ValueError(f"unknown method {name!r}; choose from {known}")
-    return METHODS[name](num_tangents)
+    if tangents not in TANGENTS:
+        known = ", ".join(TANGENTS)
+        raise ValueError(f"unknown tangents {tangents!r}; choose from {known}")
+    return METHODS[name](num_tangents, TANGENTS[tangents]())
 
 
 def method_parts(name: str) -> tuple[str, str]:

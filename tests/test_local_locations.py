@@ -111,6 +111,40 @@ def test_conv_location_copies_unbiased_and_misrouting_biased():
         assert not unbiasedness(samples, truth)[0]
 
 
+class Shortsighted(fl.NeighbourhoodPerturbed):
+    """A wrong pairing: a neighbourhood site that ignores the later convolution's
+    reach (its checks skipped)."""
+
+    def check_downstream(self, layers) -> None:
+        pass
+
+
+def test_neighbourhood_copies_unbiased_and_too_small_reach_biased():
+    """The first conv paired with every group's copies within its reach (1, the
+    second 3×3 conv's) is unbiased for `LocalLoss`; with reach 0 the copies its
+    units reach through the second conv's neighbours are missed: biased."""
+    with jax.enable_x64(True):
+        model = conv_net(jax.random.key(7))
+        site = lambda m: m.blocks[0].layers[0]
+        first = site(model).layer
+        right = fl.NeighbourhoodPerturbed(first, reach=1, pool_stride=2)
+        model = eqx.tree_at(site, model, replace=right)
+        fl.Block(model.blocks[0].layers, model.blocks[0].head)  # passes the checks
+        x, y = batch(jax.random.key(8), (1, 6, 6))
+        objective, estimator = fl.LocalLoss(), fl.ActivityPerturbation()
+        truth = exact(objective, model, x, y)
+        assert_unbiased(
+            estimator, objective, model, x, y, key=jax.random.key(9), truth=truth
+        )
+        wrong = eqx.tree_at(
+            site, model, replace=Shortsighted(first, reach=0, pool_stride=2)
+        )
+        samples = flat_estimates(
+            estimator, objective, wrong, x, y, key=jax.random.key(10), num=1000
+        )
+        assert not unbiasedness(samples, truth)[0]
+
+
 def test_mixer_token_copies_unbiased():
     with jax.enable_x64(True):
         model = mixer_net(jax.random.key(4))
@@ -206,3 +240,26 @@ def test_misconfigurations_refused(getkey):
     derivatives = jnp.zeros((1, 1, 18))
     with pytest.raises(ValueError, match="pool to"):  # 6×6 maps, stride 3: 2×2
         site(3).pair(derivatives, (4, 6, 6), head)
+
+
+def test_neighbourhood_misconfigurations_refused(getkey):
+    conv = lambda **kw: eqx.nn.Conv2d(4, 4, 3, key=getkey(), **{"padding": 1, **kw})
+    head = fl.LocationHead(fl.LinearHead(4, 3, groups=2, key=getkey()), (3, 3))
+    site = lambda reach=1: fl.NeighbourhoodPerturbed(conv(), reach=reach, pool_stride=2)
+    pool = eqx.nn.MaxPool2d(2, 2)
+    fl.Block([site(), jax.nn.relu, conv(), pool], head)
+    fl.Block([site(2), jax.nn.relu, conv(padding="SAME"), pool], head)
+    with pytest.raises(ValueError, match="set reach=2"):
+        fl.Block([site(), conv(), conv(), pool], head)
+    with pytest.raises(ValueError, match="does not keep the positions"):
+        fl.Block([site(), conv(stride=2)], head)
+    with pytest.raises(ValueError, match="only pooling after the last"):
+        fl.Block([site(), pool, conv()], head)
+    with pytest.raises(ValueError, match="set pool_stride=1"):
+        fl.Block([site(), conv()], head)
+    with pytest.raises(ValueError, match="may mix locations"):
+        fl.Block([site(), eqx.nn.LayerNorm((4, 6, 6)), pool], head)
+    with pytest.raises(ValueError, match="non-negative int"):
+        site(-1)
+    with pytest.raises(TypeError, match=r"wraps an eqx\.nn\.Conv"):
+        fl.NeighbourhoodPerturbed(eqx.nn.Linear(2, 2, key=getkey()))

@@ -1,6 +1,7 @@
 """The local-losses experiment end to end, on tiny generated IDX data."""
 
 import csv
+import dataclasses
 import json
 import os
 import pickle
@@ -8,9 +9,10 @@ import stat
 
 import numpy as np
 import pytest
-from experiments import local_losses
+from experiments import local_losses, registry
 from experiments.local_losses import _train
 
+import fwdeqx
 from fwdeqx.data._idx import write_idx
 
 from .helpers import tree_allclose
@@ -62,6 +64,8 @@ def _args(idx_dir, out, *extra, arch=_MLP):
         *arch,
         "--batch-size",
         "32",
+        "--alignment-keys",  # off: tests/test_local_losses_alignment.py covers it
+        "0",
         "--out",
         str(out),
         *extra,
@@ -116,6 +120,7 @@ def test_outputs_present_and_well_formed(finished):
         head_losses = run["test_head_losses"]
         assert len(head_losses) == 2 and all(len(h) == 2 for h in head_losses)
         assert head_losses[-1][-1] == pytest.approx(run["test_loss"], rel=1e-4)
+        assert run["alignment"] == []  # --alignment-keys 0
 
 
 def test_summary_columns_and_ranges(finished):
@@ -201,6 +206,9 @@ def test_resume_with_other_data_does_not_skip(tmp_path, capsys):
         (("--model", "mixer", "--channels", "8"), "--channels does not apply"),
         (("--model", "cnn", "--channels", "8,x"), "positive integers"),
         (("--width", "30", "--groups", "4"), "--groups 4 must divide"),
+        (("--no-locations",), "--locations/--no-locations does not apply"),
+        (("--tangents", "sobol"), "invalid choice: 'sobol'"),
+        (("--alignment-keys", "-1"), "--alignment-keys -1: expected 0 (off)"),
     ],
 )
 def test_bad_input_is_a_clear_error(idx_dir, tmp_path, extra, message):
@@ -269,6 +277,49 @@ def test_mixer_trains(idx_dir, tmp_path):
         rows = list(csv.DictReader(handle))
     assert [r["model"] for r in rows] == [arch[1]]
     assert all(0.0 <= float(r["test_acc"]) <= 1.0 for r in rows)
+
+
+def test_tangents_choice_names_the_run_and_builds_the_estimator():
+    """Gaussian tangents (the default) leave run ids as they were; Rademacher ones
+    are named in the id and reach the forward estimators."""
+    config = _train.RunConfig(
+        dataset="d",
+        data="i",
+        model="cnn",
+        arch=(("channels", (4, 8)), ("groups", 2), ("locations", True)),
+        method="lg-fg-a",
+        optimizer="adam",
+        lr=1e-3,
+        schedule="cosine",
+        num_tangents=2,
+        seed=0,
+        epochs=1,
+        batch_size=8,
+    )
+    assert "-cnn-c4x8-g2-loc1-lg-fg-a-k2-adam-" in config.run_id
+    rademacher = dataclasses.replace(config, tangents="rademacher")
+    assert "-lg-fg-a-k2-rademacher-adam-" in rademacher.run_id
+    for method in ("fg-w", "fg-a", "lg-fg-w", "lg-fg-a"):
+        _, estimator = registry.make_method(method, 2, "rademacher")
+        assert isinstance(estimator.tangents, fwdeqx.Rademacher)
+        assert estimator.num_tangents == 2
+    with pytest.raises(ValueError, match="unknown tangents 'sobol'"):
+        registry.make_method("lg-fg-a", 1, "sobol")
+
+
+def test_learning_rates_default_per_model_and_flags_override():
+    parse = lambda *argv: local_losses.resolve(
+        local_losses.build_parser().parse_args(argv)
+    )
+    methods = ("--methods", "backprop,lg-fg-a")
+    assert parse(*methods).lrs == {
+        m: local_losses.LEARNING_RATES[m] for m in ("backprop", "lg-fg-a")
+    }
+    for model, lrs in local_losses.MODEL_LEARNING_RATES.items():
+        settings = parse("--model", model, *methods, "--lr", "backprop=0.5")
+        assert settings.lrs["lg-fg-a"] == lrs["lg-fg-a"]
+        assert settings.lrs["backprop"] == 0.5
+    assert parse(*methods).tangents == "rademacher"
 
 
 def test_chunk_sizes():

@@ -33,6 +33,12 @@ def tiny_mixer(key, dtype=None):
     return fl.location_mixer(4, 1, 2, 4, 2, 3, key=key, groups=2, dtype=dtype)
 
 
+def tiny_one_conv_cnn(key, dtype=None):
+    """`fl.cnn` with per-location losses: one block of 2 channels on 4×4 images,
+    one channel group (one perturbed layer per block, so not exact)."""
+    return fl.cnn(1, 2, 3, key=key, image_size=4, locations=True, dtype=dtype)
+
+
 def sites(block):
     is_site = lambda node: isinstance(node, fl.AbstractSite)
     return [s for s in jax.tree.leaves(block, is_leaf=is_site) if is_site(s)]
@@ -97,7 +103,22 @@ def test_pairing_the_mixed_layer_by_location_is_refused(getkey):
         fl.location_cnn(1, (4, 4), 10, key=getkey(), image_size=6)
 
 
-@pytest.mark.parametrize("build", [tiny_cnn, tiny_mixer])
+def test_cnn_with_location_losses_keeps_its_outputs(getkey):
+    """`fl.cnn(locations=True)` has the same logits as `fl.cnn` and one loss copy
+    per pooled position and group (the third block's 7×7 map pools to 3×3)."""
+    key, x = getkey(), jax.random.normal(getkey(), (2, 1, 28, 28))
+    pooled = fl.cnn(1, (4, 8, 8), 10, key=key, groups=2)
+    located = fl.cnn(1, (4, 8, 8), 10, key=key, groups=2, locations=True)
+    assert [block.head.copy_shape for block in located.blocks] == [
+        (14, 14, 2),
+        (7, 7, 2),
+        (3, 3, 2),
+    ]
+    assert all(isinstance(sites(b)[0], fl.LocationPerturbed) for b in located.blocks)
+    np.testing.assert_allclose(jax.vmap(located)(x), jax.vmap(pooled)(x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("build", [tiny_cnn, tiny_mixer, tiny_one_conv_cnn])
 def test_lg_fg_a_unbiased_for_the_local_loss_and_not_exact(build):
     """Unbiased for `LocalLoss`; with two or three perturbed layers per block, not
     exact even with Rademacher tangents (the estimates differ from key to key,

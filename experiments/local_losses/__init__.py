@@ -19,7 +19,8 @@ seeds each, and reports the test error per method laid out like Ren et al.'s Tab
 Outputs (in `--out`, default `results/local_losses/<preset>-<dataset>-<model>/`):
 `config.json`, `runs.jsonl` (one line per finished run with its per-epoch history;
 rerunning the same command skips finished runs), `summary.csv` (one row per method
-× model × seed), `accuracy_vs_epoch.png`, `accuracy_vs_time.png` and `report.md`.
+× model × seed), `accuracy_vs_epoch.png`, `accuracy_vs_time.png`, `alignment.png`
+(per-layer gradient alignment over training) and `report.md`.
 
 The presets and flags are in `_settings`, a run in `_train` (on `experiments.runner`),
 the summary and `report.md` in `_report`.
@@ -34,6 +35,7 @@ from ._settings import (
     ARCH_DEFAULTS as ARCH_DEFAULTS,
     LEARNING_RATES as LEARNING_RATES,
     LR_RATIONALE as LR_RATIONALE,
+    MODEL_LEARNING_RATES as MODEL_LEARNING_RATES,
     OPTIMIZERS as OPTIMIZERS,
     PRESETS as PRESETS,
     Settings as Settings,
@@ -43,10 +45,19 @@ from ._settings import (
 )
 
 
+def _is_exact(method: str) -> bool:
+    return registry.method_parts(method)[1] == "Backprop"
+
+
 def _num_tangents(method: str, settings: Settings) -> int:
     """K for the forward methods; 1 (unused) for the exact ones."""
-    exact = registry.method_parts(method)[1] == "Backprop"
-    return 1 if exact else settings.num_tangents
+    return 1 if _is_exact(method) else settings.num_tangents
+
+
+def _tangents(method: str, settings: Settings) -> str:
+    """The forward methods' tangent distribution; the default for the exact ones
+    (unused), so that their runs do not depend on it."""
+    return "gaussian" if _is_exact(method) else settings.tangents
 
 
 def grid(settings: Settings, dataset: Any) -> list:
@@ -64,6 +75,7 @@ def grid(settings: Settings, dataset: Any) -> list:
             lr=settings.lrs[method],
             schedule=settings.schedule,
             num_tangents=_num_tangents(method, settings),
+            tangents=_tangents(method, settings),
             seed=seed,
             epochs=settings.epochs,
             batch_size=settings.batch_size,
@@ -74,7 +86,8 @@ def grid(settings: Settings, dataset: Any) -> list:
 
 
 def write_outputs(out: Path, config: dict[str, Any], runs: list[dict]) -> str:
-    """summary.csv, figures and report.md from `runs`; returns the stdout table."""
+    """summary.csv, figures (the alignment one when a run has an alignment
+    record) and report.md from `runs`; returns the stdout table."""
     from . import _report
 
     write_atomic(out / "summary.csv", _report.summary_csv(runs))
@@ -87,6 +100,7 @@ def write_outputs(out: Path, config: dict[str, Any], runs: list[dict]) -> str:
     figures = ["accuracy_vs_epoch.png", "accuracy_vs_time.png"]
     for name, x_key in zip(figures, ("epoch", "time"), strict=True):
         _report.plot_accuracy(runs, out / name, x_key=x_key, title=title)
+    _report.plot_alignment(runs, out / _report.ALIGNMENT_FIGURE, title=title)
     report = _report.report_markdown(config=config, runs=runs, figures=figures)
     write_atomic(out / "report.md", report)
     return _report.text_table(runs)
@@ -129,11 +143,13 @@ def run(argv: list[str]) -> None:
                 "lr": settings.lrs[method],
                 "schedule": settings.schedule,
                 "num_tangents": _num_tangents(method, settings),
+                "tangents": _tangents(method, settings),
             }
             for method in settings.methods
         },
         "lr_rationale": LR_RATIONALE,
         "epochs": settings.epochs,
+        "alignment_keys": settings.alignment_keys,
         "seeds": list(range(settings.seeds)),
         "batch_size": settings.batch_size,
         "input_standardization": list(standardize),
@@ -159,6 +175,7 @@ def run(argv: list[str]) -> None:
                 cache=cache,
                 standardize=standardize,
                 checkpointing=checkpointing,
+                alignment_keys=settings.alignment_keys,
             )
         ],
         label=lambda config: f"{config.method} seed {config.seed}",

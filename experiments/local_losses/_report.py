@@ -1,10 +1,12 @@
 """Tables and figures of the local-losses experiment: `summary.csv`, a `report.md`
 laid out like Ren et al.'s Table 3 (rows = methods, test error %, mean ± std over
-seeds) and accuracy against epoch and against training wall time."""
+seeds), accuracy against epoch and against training wall time, and each
+perturbation site's gradient alignment over training (`ALIGNMENT_FIGURE`)."""
 
 import csv
 import io
 import math
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ import numpy as np
 
 from ..registry import METHODS, method_parts
 from ..runner import save_figure
+from ._settings import ALIGNMENT_KEYS
+from ._train import ALIGNMENT_BATCH
 
 
 SUMMARY_COLUMNS = (
@@ -31,11 +35,13 @@ SUMMARY_COLUMNS = (
     "optimizer",
     "lr",
     "num_tangents",
+    "tangents",
     "batch_size",
     "dataset",
     "diverged",
     "run_id",
 )
+ALIGNMENT_FIGURE = "alignment.png"
 METHOD_LABELS = {
     "backprop": "BP (end to end)",
     "fg-w": "FG-W",
@@ -77,6 +83,8 @@ def summary_csv(runs: list[dict[str, Any]]) -> str:
                 "optimizer": c["optimizer"],
                 "lr": f"{c['lr']:g}",
                 "num_tangents": c["num_tangents"],
+                # Runs from before the choice existed drew Gaussian tangents.
+                "tangents": c.get("tangents", "gaussian"),
                 "batch_size": c["batch_size"],
                 "dataset": run["dataset"]["name"],
                 "diverged": run["diverged"],
@@ -242,6 +250,9 @@ def report_markdown(
         "",
         config["lr_rationale"],
         "",
+        *alignment_section(
+            runs, dataset["num_train"], config.get("alignment_keys", ALIGNMENT_KEYS)
+        ),
         "## Figures",
         "",
         *[f"![{name}]({name})" for name in figures],
@@ -259,6 +270,149 @@ def report_markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def alignment_groups(
+    runs: list[dict[str, Any]],
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The runs with an alignment record (runs.jsonl from before it existed have
+    none), by (model, method)."""
+    return _group([run for run in runs if run.get("alignment")])
+
+
+def _alignment_curves(group: list[dict[str, Any]], which: str) -> tuple[list, Any]:
+    """The epochs all of `group`'s seeds reached and, per seed, each site's cosine
+    (`which`: `"objective"` or `"end_to_end"`) there: shape (seeds, points,
+    sites)."""
+    length = min(len(run["alignment"]) for run in group)
+    epochs = [point["epoch"] for point in group[0]["alignment"][:length]]
+    values = np.array(
+        [[point[which] for point in run["alignment"][:length]] for run in group],
+        dtype=float,
+    )
+    return epochs, values
+
+
+def _site_label(site: dict[str, int]) -> str:
+    return f"block {site['block']}, site {site['site']}"
+
+
+def alignment_section(
+    runs: list[dict[str, Any]], num_train: int, num_keys: int = ALIGNMENT_KEYS
+) -> list[str]:
+    """report.md's alignment section (no lines when no run has an alignment
+    record): per model, the last common point's cosines, method by site
+    (`num_train`: the training images, of which `ALIGNMENT_BATCH` are used)."""
+    groups = alignment_groups(runs)
+    if not groups:
+        return []
+    lines = [
+        "## Which layer gets signal: gradient alignment",
+        "",
+        "Cosine similarity between each method's estimate of a perturbation site's "
+        "parameters and the exact gradient of the objective it estimates / the exact "
+        "end-to-end gradient (1 / 1 = the backprop gradient), on a fixed batch of "
+        f"{min(ALIGNMENT_BATCH, num_train)} training images, mean over "
+        f"{num_keys} keys and over seeds, at the last epoch every seed reached.",
+        "",
+    ]
+    models = sorted({model for model, _ in groups})
+    for model in models:
+        members = {m: g for (mo, m), g in groups.items() if mo == model}
+        sites = next(iter(members.values()))[0]["alignment_sites"]
+        if len(models) > 1:
+            lines += [f"{model}:", ""]
+        lines += [
+            "| method | epoch | " + " | ".join(map(_site_label, sites)) + " |",
+            "|---|---:|" + "---:|" * len(sites),
+        ]
+        for method, group in members.items():
+            epochs, to_objective = _alignment_curves(group, "objective")
+            _, to_end = _alignment_curves(group, "end_to_end")
+            cells = [
+                f"{a:.2f} / {b:.2f}"
+                for a, b in zip(
+                    to_objective[:, -1].mean(axis=0),
+                    to_end[:, -1].mean(axis=0),
+                    strict=True,
+                )
+            ]
+            label = METHOD_LABELS.get(method, method)
+            lines.append(f"| {label} | {epochs[-1]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [f"![{ALIGNMENT_FIGURE}]({ALIGNMENT_FIGURE})", ""]
+    return lines
+
+
+def plot_alignment(runs: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Each perturbation site's alignment over training: one column per method
+    (and model), the cosine to the objective's exact gradient on top and to the
+    end-to-end gradient below, the mean over seeds with their range as a band.
+    Runs without an alignment record are left out; with none, no figure."""
+    groups = alignment_groups(runs)
+    if not groups:
+        return
+    several_models = len({model for model, _ in groups}) > 1
+    fig, axes = plt.subplots(
+        2,
+        len(groups),
+        figsize=(0.5 + 3.0 * len(groups), 5.6),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+    )
+    rows = (
+        ("objective", "cosine to the objective's gradient"),
+        ("end_to_end", "cosine to the end-to-end gradient"),
+    )
+    lowest = -0.1  # or below the lowest cosine
+    for column, ((model, method), group) in enumerate(groups.items()):
+        sites = group[0]["alignment_sites"]
+        colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(sites)))
+        for row, (which, ylabel) in enumerate(rows):
+            ax = axes[row, column]
+            epochs, values = _alignment_curves(group, which)
+            lowest = min(lowest, float(np.min(values)) - 0.05)
+            for index, site in enumerate(sites):
+                color = colors[index]
+                ax.plot(
+                    epochs,
+                    values[:, :, index].mean(axis=0),
+                    color=color,
+                    marker="o",
+                    ms=3,
+                    label=_site_label(site),
+                )
+                if len(group) > 1:
+                    ax.fill_between(
+                        epochs,
+                        values[:, :, index].min(axis=0),
+                        values[:, :, index].max(axis=0),
+                        color=color,
+                        alpha=0.15,
+                        linewidth=0,
+                    )
+            ax.axhline(0.0, color="grey", linewidth=0.6)
+            ax.grid(alpha=0.3)
+            if column == 0:
+                ax.set_ylabel(ylabel, fontsize=9)
+            if row == 1:
+                ax.set_xlabel("epoch")
+        label = METHOD_LABELS.get(method, method)
+        axes[0, column].set_title(
+            f"{label} ({model})" if several_models else label, fontsize=10
+        )
+        if column == 0 or several_models:  # the same sites in every column
+            axes[0, column].legend(fontsize=7)
+    axes[0, 0].set_ylim(lowest, 1.05)  # shared by all
+    fig.suptitle(_fit(title, fig), fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=120)
+
+
+def _fit(title: str, fig: Any) -> str:
+    """`title` wrapped to `fig`'s width (about 11 characters per inch at size 10)."""
+    return textwrap.fill(title, width=int(11 * fig.get_figwidth()))
 
 
 def _arch(config: dict[str, Any], model: str) -> str:
@@ -311,7 +465,7 @@ def plot_accuracy(
             ax.plot(xs, ys, color=color, linestyle=style, marker="o", ms=3, label=label)
     ax.set_xlabel("epoch" if x_key == "epoch" else "training wall time (s)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_fit(title, fig), fontsize=10)
     # Low enough for every epoch's accuracy (an early epoch of a slow method is
     # far below the final ones), in steps of 5 points.
     recorded = [100 * a for r in runs for a in r["history"]["test_acc"]]

@@ -16,6 +16,13 @@ of heads it counts, i.e. the end-to-end training loss for the end-to-end methods
 and the mean block loss for the local ones; `test_loss` is the network output's;
 each block's own head loss on the test split is a separate record,
 `test_head_losses` (one list per epoch).
+
+At the same points (before training and after every epoch) the run records each
+perturbation site's gradient alignment (`fl.alignment`, `alignment` in the record):
+the cosine of the method's estimate of the site's parameters to the exact gradient
+of its objective and to the end-to-end gradient, on a fixed batch of
+`ALIGNMENT_BATCH` training images (`alignment_batch`) with `ALIGNMENT_KEYS` fixed
+keys per point. Its time is not part of `wall_s`.
 """
 
 import dataclasses
@@ -25,14 +32,20 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import fwdeqx.local as fl
 
 from .. import registry, runner
+from ._settings import ALIGNMENT_KEYS
 
 
 CHUNK_STEPS = 200
+ALIGNMENT_BATCH = 256
+# `fold_in(key(seed), ALIGNMENT_STREAM)`: the alignment's keys, the same at every
+# evaluation point of a run and apart from its initialisation and tangents.
+ALIGNMENT_STREAM = 0xA11C
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,15 +64,23 @@ class RunConfig:
     seed: int
     epochs: int
     batch_size: int
+    tangents: str = "gaussian"  # `registry.TANGENTS`; unused by the exact methods
 
     @property
     def run_id(self) -> str:
         return (
             f"{self.dataset}-{self.data}-{self.model}-{arch_tag(self.arch)}-"
-            f"{self.method}-k{self.num_tangents}-{self.optimizer}-lr{self.lr:g}-"
+            f"{self.method}-k{self.num_tangents}{self._tangents_tag}-"
+            f"{self.optimizer}-lr{self.lr:g}-"
             f"{self.schedule}-"
             f"b{self.batch_size}-e{self.epochs}-seed{self.seed}"
         )
+
+    @property
+    def _tangents_tag(self) -> str:
+        # Gaussian, the default, is unnamed, so run ids from before the choice
+        # existed stay valid.
+        return "" if self.tangents == "gaussian" else f"-{self.tangents}"
 
     def layout(self) -> str:
         return "flat" if self.model == "mlp" else "image"
@@ -67,10 +88,20 @@ class RunConfig:
 
 def arch_tag(arch: tuple[tuple[str, Any], ...]) -> str:
     """A short readable tag of the architecture, e.g. `w1024-d3-g1`."""
-    short = {"width": "w", "depth": "d", "channels": "c", "groups": "g", "patch": "p"}
+    short = {
+        "width": "w",
+        "depth": "d",
+        "channels": "c",
+        "groups": "g",
+        "patch": "p",
+        "locations": "loc",
+    }
     parts = []
     for name, value in arch:
-        text = "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        if isinstance(value, tuple):
+            text = "x".join(map(str, value))
+        else:
+            text = str(int(value)) if isinstance(value, bool) else str(value)
         parts.append(f"{short.get(name, name)}{text}")
     return "-".join(parts)
 
@@ -96,6 +127,24 @@ class Progress:
     """The training objectives of the current epoch so far."""
     test_head_losses: list[list[float]] = dataclasses.field(default_factory=list)
     """Each block's head loss on the test split, after each epoch."""
+    alignment: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """Per evaluation point (epoch 0, 1, ...), each site's alignment."""
+    alignment_sites: list[dict[str, int]] = dataclasses.field(default_factory=list)
+    """The perturbation sites, in forward order: `{"block": b, "site": i}`."""
+
+    def add_alignment(self, epoch: int, layers: list[fl.LayerAlignment]) -> None:
+        """Record `layers` (`fl.alignment`'s result; empty on processes other than
+        0) as the point of `epoch`."""
+        if not layers:
+            return
+        self.alignment_sites = [{"block": a.block, "site": a.site} for a in layers]
+        self.alignment.append(
+            {
+                "epoch": epoch,
+                "objective": [float(a.objective) for a in layers],
+                "end_to_end": [float(a.end_to_end) for a in layers],
+            }
+        )
 
 
 @runner.under_standard_promotion
@@ -107,6 +156,7 @@ def train_run(
     cache: runner.Cache | None = None,
     standardize: tuple[float, float] | bool = False,
     checkpointing: runner.Checkpointing | None = None,
+    alignment_keys: int = ALIGNMENT_KEYS,
 ) -> dict[str, Any]:
     """Train one run and return its record for `runs.jsonl`.
 
@@ -119,6 +169,7 @@ def train_run(
     - `standardize`: the input scaling, as in `fwdeqx.data.batches`.
     - `checkpointing`: save the run's state as it goes, and resume from its last
         checkpoint (`None`: no checkpoints).
+    - `alignment_keys`: keys per alignment point (0: no alignment is recorded).
 
     **Returns:**
 
@@ -140,7 +191,9 @@ def train_run(
     model = registry.make_local_network(
         config.model, dict(config.arch), image=image, key=model_key
     )
-    objective, estimator = registry.make_method(config.method, config.num_tangents)
+    objective, estimator = registry.make_method(
+        config.method, config.num_tangents, config.tangents
+    )
     steps_per_epoch = len(dataset.train_labels) // config.batch_size
     if steps_per_epoch < 1:
         raise ValueError(
@@ -177,6 +230,23 @@ def train_run(
             np.asarray(dataset.val_labels),
         ),
     )
+    alignment_rows = alignment_batch(len(dataset.train_labels))
+    alignment = cache.evaluation(
+        (shared, "alignment", alignment_keys),
+        lambda: make_alignment(
+            alignment_keys,
+            estimator,
+            objective,
+            static,
+            data.to_float(
+                dataset.train_images[alignment_rows],
+                layout=layout,
+                standardize=standardize,
+            ),
+            np.asarray(dataset.train_labels[alignment_rows]),
+        ),
+    )
+    alignment_key = jax.random.fold_in(jax.random.key(config.seed), ALIGNMENT_STREAM)
     num_heads = len(objective.heads(model))
     sizes = chunk_sizes(steps_per_epoch) * config.epochs
     batches = data.batches(
@@ -200,6 +270,7 @@ def train_run(
                 ("epoch", "train_loss_per_head", "test_loss", "test_acc", "time")
             ),
         )
+        state.add_alignment(0, alignment(params, alignment_key))
     else:
         state = Progress(**saved)
     options = {
@@ -223,6 +294,7 @@ def train_run(
                 values = np.asarray(state.epoch_losses, np.float32) / num_heads
                 runner.add_point(state.history, epoch, values, evaluation, state.wall)
                 state.test_head_losses.append(test_head_losses(training.carry[0]))
+                state.add_alignment(epoch, alignment(training.carry[0], alignment_key))
                 state.epoch_losses = []
                 bar.set_postfix(epoch=epoch, test_acc=f"{evaluation[1]:.4f}")
             if checkpoints.due(training.done):
@@ -245,6 +317,8 @@ def train_run(
         "initial_test_acc": state.initial[1],
         "history": state.history,
         "test_head_losses": state.test_head_losses,
+        "alignment": state.alignment,
+        "alignment_sites": state.alignment_sites,
         "test_loss": runner.finite_or_none(test_loss),
         "test_acc": test_acc,
         "train_loss": runner.finite_or_none(train_loss),
@@ -258,6 +332,14 @@ def train_run(
         "compile_s": state.compile_time,
         "diverged": state.diverged,
     }
+
+
+def alignment_batch(num_train: int) -> np.ndarray:
+    """The rows of the alignment's fixed batch: `ALIGNMENT_BATCH` training images
+    drawn once with a fixed seed, the same for every method and seed (the first
+    rows would do for shuffled files, but mnist-5k is sorted by label)."""
+    rows = np.random.default_rng(0).permutation(num_train)[:ALIGNMENT_BATCH]
+    return np.sort(rows)
 
 
 def make_head_losses(
@@ -287,3 +369,29 @@ def make_head_losses(
         return [float(v) for v in np.asarray(sums) / len(labels)]
 
     return head_losses
+
+
+def make_alignment(
+    num_keys: int,
+    estimator: Any,
+    objective: Any,
+    static: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+) -> Callable[[Any, Any], list[fl.LayerAlignment]]:
+    """`alignment(params, key) -> fl.alignment(...)`: each perturbation site's
+    alignment (`num_keys` keys split from `key`) of `estimator` on `objective` for
+    the network `eqx.combine(params, static)` on the batch `images`, `labels`.
+    With several processes, process 0 computes it; the others get `[]` (they write
+    nothing), and so does every process when `num_keys` is 0."""
+    x, y = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
+
+    def alignment(params: Any, key: Any) -> list[fl.LayerAlignment]:
+        if num_keys == 0 or not runner.is_writer():
+            return []
+        model = eqx.combine(runner.local(params), static)
+        return fl.alignment(
+            estimator, objective, model, x, y, key=key, num_keys=num_keys
+        )
+
+    return alignment

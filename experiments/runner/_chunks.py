@@ -349,9 +349,11 @@ def make_evaluate(
 ) -> Evaluate:
     """`evaluate(params) -> (mean cross-entropy, accuracy)` of the model
     `eqx.combine(params, static)` on a whole split, in padded batches of
-    `EVAL_BATCH` under one `lax.map` (one compile, bounded memory). With several
-    processes, process 0 evaluates its copy of the parameters; the others get
-    NaN (they write nothing)."""
+    `EVAL_BATCH`, one jitted call per batch (one compile, bounded memory; a Python
+    loop rather than `lax.map`, since XLA's CPU convolutions run several times
+    slower inside a loop, see `SteppedChunk`). With several processes, process 0
+    evaluates its copy of the parameters; the others get NaN (they write
+    nothing)."""
     count = len(labels)
     size = min(EVAL_BATCH, count)
     num_batches = math.ceil(count / size)
@@ -359,31 +361,24 @@ def make_evaluate(
     xs = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
     ys = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
     weights = np.concatenate([np.ones(count, np.float32), np.zeros(pad, np.float32)])
-    batched = tuple(
-        jnp.asarray(a.reshape(num_batches, size, *a.shape[1:]))
-        for a in (xs, ys, weights)
-    )
+    batches = [
+        tuple(jnp.asarray(a[i * size : (i + 1) * size]) for a in (xs, ys, weights))
+        for i in range(num_batches)
+    ]
 
     @jax.jit
-    def sums(params):
-        model = eqx.combine(params, static)
-
-        def one(batch):
-            x, y, w = batch
-            logits = jax.vmap(model)(x)
-            losses = -jnp.take_along_axis(
-                jax.nn.log_softmax(logits), y[:, None], axis=-1
-            )[:, 0]
-            correct = (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
-            return jnp.sum(losses * w), jnp.sum(correct * w)
-
-        loss_sums, correct_sums = jax.lax.map(one, batched)
-        return jnp.sum(loss_sums), jnp.sum(correct_sums)
+    def sums(params, x, y, w):
+        logits = jax.vmap(eqx.combine(params, static))(x)
+        losses = -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=-1)
+        correct = (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
+        return jnp.stack([jnp.sum(losses[:, 0] * w), jnp.sum(correct * w)])
 
     def evaluate(params) -> tuple[float, float]:
         if not is_writer():  # only process 0 records evaluations
             return math.nan, math.nan
-        loss_sum, correct = jax.device_get(sums(local(params)))
+        params = local(params)
+        per_batch = jnp.stack([sums(params, *batch) for batch in batches])
+        loss_sum, correct = jax.device_get(jnp.sum(per_batch, axis=0))
         return float(loss_sum) / count, float(correct) / count
 
     return evaluate

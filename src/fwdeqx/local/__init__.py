@@ -41,9 +41,11 @@ from ._objectives import (
 )
 from ._sites import (
     AbstractChannelwise as AbstractChannelwise,
+    AbstractLocationwise as AbstractLocationwise,
     AbstractReLU as AbstractReLU,
     AbstractSite as AbstractSite,
     LocationPerturbed as LocationPerturbed,
+    NeighbourhoodPerturbed as NeighbourhoodPerturbed,
     Perturbed as Perturbed,
 )
 
@@ -52,6 +54,7 @@ __all__ = [
     "AbstractChannelwise",
     "AbstractHead",
     "AbstractLocalObjective",
+    "AbstractLocationwise",
     "AbstractReLU",
     "AbstractSite",
     "ActivityPerturbation",
@@ -64,6 +67,7 @@ __all__ = [
     "LocalWeightPerturbation",
     "LocationHead",
     "LocationPerturbed",
+    "NeighbourhoodPerturbed",
     "Perturbed",
     "Residual",
     "alignment",

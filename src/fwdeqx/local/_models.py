@@ -12,7 +12,12 @@ from jaxtyping import Array, PRNGKeyArray
 
 from ._heads import LinearHead, LocationHead
 from ._layers import Block, LocalNetwork, Residual
-from ._sites import LocationPerturbed, Perturbed
+from ._sites import (
+    AbstractLocationwise,
+    LocationPerturbed,
+    NeighbourhoodPerturbed,
+    Perturbed,
+)
 
 
 class _Image(eqx.Module):
@@ -37,7 +42,7 @@ class _Patches(eqx.Module):
         return x.reshape((h // p) * (w // p), p * p * c)
 
 
-class _Normalize(eqx.Module):
+class _Normalize(AbstractLocationwise):
     """Parameter-free layer normalisation of channel-first features `(C, *locations)`:
     at every location, each of `groups` contiguous channel groups is normalised to
     zero mean and unit variance over its channels (Ren et al.'s LayerNorm, which
@@ -100,11 +105,20 @@ def cnn(
     image_size: int = 28,
     kernel_size: int = 3,
     groups: int = 1,
+    locations: bool = False,
     dtype: Any = None,
 ) -> LocalNetwork:
     """A CNN: one block per entry of `channels`, each `Perturbed(Conv2d)` (same
     padding), ReLU and 2×2 max pooling, with a `LinearHead` (spatial average, then
     linear) on every block; the last head gives the logits.
+
+    With `locations=True` the losses are per location (Ren et al.'s patch-wise
+    losses): each block's convolution is a `LocationPerturbed(Conv2d,
+    pool_stride=2)` and its head a `LocationHead`, one loss copy per pooled
+    position and channel group, each reached by the tangents of its own units
+    only. The head's logits and loss are unchanged. One perturbed layer per block
+    is exact (LG-BP's gradient) when `groups` equals the channels; with fewer
+    groups it is not (see `fwdeqx.local.location_cnn` for two per block).
 
     **Arguments:**
 
@@ -116,26 +130,32 @@ def cnn(
     - `image_size`: height = width of the input.
     - `kernel_size`: convolution kernel size.
     - `groups`: channel groups of every head; divides every entry of `channels`.
+    - `locations`: one loss copy per pooled position (and group) instead of one per
+        group.
     - `dtype`: parameter dtype.
     """
     widths = (channels,) if isinstance(channels, int) else tuple(channels)
     keys = jax.random.split(key, 2 * len(widths))
     blocks = []
-    previous = in_channels
+    previous, size = in_channels, image_size
     for i, width in enumerate(widths):
         conv = eqx.nn.Conv2d(
             previous, width, kernel_size, padding="SAME", key=keys[2 * i], dtype=dtype
         )
         layers: list = [_Image(in_channels, image_size)] if i == 0 else []
-        layers += [
-            Perturbed(conv, grouped=True),
-            jax.nn.relu,
-            eqx.nn.MaxPool2d(2, 2),
-        ]
+        site = (
+            LocationPerturbed(conv, pool_stride=2)
+            if locations
+            else Perturbed(conv, grouped=True)
+        )
+        layers += [site, jax.nn.relu, eqx.nn.MaxPool2d(2, 2)]
+        size //= 2
         head = LinearHead(
             width, num_classes, groups=groups, key=keys[2 * i + 1], dtype=dtype
         )
-        blocks.append(Block(layers, head))
+        blocks.append(
+            Block(layers, LocationHead(head, (size, size)) if locations else head)
+        )
         previous = width
     return LocalNetwork(blocks)
 
@@ -238,16 +258,19 @@ def location_cnn(
     """A CNN with per-location local losses: one block per entry of `channels`,
     each two convolutions (same padding) with ReLUs and a 2×2 max pooling,
 
-        Perturbed(Conv2d) → ReLU → LocationPerturbed(Conv2d) → ReLU → MaxPool2d(2, 2),
+        NeighbourhoodPerturbed(Conv2d) → ReLU → LocationPerturbed(Conv2d) → ReLU
+        → MaxPool2d(2, 2),
 
     and a `LocationHead` (a `LinearHead` with `groups` channel groups, one loss
     copy per pooled position and group); the last head gives the logits.
 
     Both convolutions are perturbed, so every forward-mode derivative crosses a
     layer and a nonlinearity. The second convolution's units reach the head at
-    their own channel and pooled position, so each is paired with its own copy;
-    the first one's output is mixed by the second convolution, so it is paired
-    with the sum of the copies (see `fwdeqx.local.LocationPerturbed`).
+    their own channel and pooled position, so each is paired with its own copy
+    (`fwdeqx.local.LocationPerturbed`); the first one's output is mixed by the
+    second convolution, over its channels and by one position (a 3×3 kernel), so
+    each unit is paired with every group's copies at the pooled positions within
+    that neighbourhood (`fwdeqx.local.NeighbourhoodPerturbed`).
 
     **Arguments:**
 
@@ -283,7 +306,7 @@ def location_cnn(
         size //= 2
         layers: list = [_Image(in_channels, image_size)] if i == 0 else []
         layers += [
-            Perturbed(first),
+            NeighbourhoodPerturbed(first, reach=kernel_size // 2, pool_stride=2),
             jax.nn.relu,
             LocationPerturbed(second, pool_stride=2),
             jax.nn.relu,
@@ -317,17 +340,18 @@ def location_mixer(
     parameter-free LayerNorm (`N`: per patch over the channels; `N_G`: per patch
     within each of the `groups` channel groups):
 
-    - block 0, the patch embedding: N → `Perturbed` linear (patch pixels →
+    - block 0, the patch embedding: N → perturbed linear (patch pixels →
       `width`) → ReLU → N_G → grouped linear → ReLU;
-    - blocks 1 … `depth`−1, residual: x + [N → token mixing (`Perturbed`
-      `Linear(P, P)` along the patches) → ReLU → N → channel mixing (`Perturbed`
+    - blocks 1 … `depth`−1, residual: x + [N → token mixing (perturbed
+      `Linear(P, P)` along the patches) → ReLU → N → channel mixing (perturbed
       linear `width` → `width`) → ReLU → N_G → grouped linear], then ReLU.
 
     The grouped linear (a 1×1 `Conv1d` with `groups`, Ren's block-diagonal
     `group_linear`) is a `LocationPerturbed` site: its unit at patch l in group g
     reaches the head only at (l, g), so it is paired with that copy alone. The
-    other layers' outputs mix patches or groups before the head and pair with
-    the sum of the copies.
+    embedding, token-mixing and channel-mixing layers are
+    `NeighbourhoodPerturbed(..., reach=0)` sites: only per-patch layers follow
+    them, so each unit is paired with its own patch's copies (every group's).
 
     Differences from Ren et al.: their LayerNorm also follows each linear layer,
     with the perturbation added after it; here a site's output is its affine
@@ -376,6 +400,11 @@ def location_mixer(
             fan_in, width, 1, groups=site_groups, key=next(keys), dtype=dtype
         )
 
+    def by_patch(layer: eqx.nn.Linear | eqx.nn.Conv1d) -> NeighbourhoodPerturbed:
+        # Later layers act on each patch separately: its own patch's copies.
+        tokenwise = isinstance(layer, eqx.nn.Linear)
+        return NeighbourhoodPerturbed(layer, reach=0, tokenwise=tokenwise)
+
     def grouped() -> list:
         return [_Normalize(groups), LocationPerturbed(pointwise(width, groups))]
 
@@ -387,7 +416,7 @@ def location_mixer(
                 _Patches(size),
                 jnp.transpose,  # (P, pixels) -> (pixels, P)
                 _Normalize(),
-                Perturbed(pointwise(size * size * in_channels)),
+                by_patch(pointwise(size * size * in_channels)),
                 jax.nn.relu,
                 *grouped(),
                 jax.nn.relu,
@@ -396,10 +425,10 @@ def location_mixer(
             token = eqx.nn.Linear(tokens, tokens, key=next(keys), dtype=dtype)
             branch = [
                 _Normalize(),
-                Perturbed(token, tokenwise=True),
+                by_patch(token),
                 jax.nn.relu,
                 _Normalize(),
-                Perturbed(pointwise(width)),
+                by_patch(pointwise(width)),
                 jax.nn.relu,
                 *grouped(),
             ]

@@ -26,6 +26,14 @@ class AbstractChannelwise(eqx.Module):
     before its head. Subclass it to declare a custom module channel-preserving."""
 
 
+class AbstractLocationwise(eqx.Module):
+    """Marker base of modules of channel-first features `(C, *locations)` that act
+    on every location separately and may mix its channels (a layer normalisation
+    over the channels, a 1×1 convolution written by hand): a
+    `fwdeqx.local.NeighbourhoodPerturbed` site may be followed by them before its
+    head. Subclass it to declare a custom module location-preserving."""
+
+
 class AbstractReLU(AbstractChannelwise):
     """Marker base of modules computing `max(x, 0)` elementwise. A site directly
     followed by one (or by `jax.nn.relu`, or `eqx.nn.Lambda(jax.nn.relu)`) has its
@@ -281,28 +289,12 @@ class LocationPerturbed(_AbstractAffineSite):
         strides = []
         for layer in layers:
             if isinstance(layer, eqx.nn.Pool) and self.channel_axis == 0:
-                padded = any(p != (0, 0) for p in layer.padding)
-                stride = set(layer.stride)
-                uneven = layer.kernel_size != layer.stride or len(stride) > 1
-                if uneven or padded or layer.use_ceil:
-                    raise ValueError(
-                        f"A {name} layer is followed by {layer!r}, whose windows "
-                        "overlap, are padded or differ between axes: a unit would "
-                        "reach several locations of its block's head. Use a pool "
-                        "with kernel_size equal to its stride, or Perturbed."
-                    )
-                strides.append(stride.pop())
+                strides.append(_pool_stride(layer, name))
             elif not preserves_channels(layer, self.channel_axis):
                 raise ValueError(
                     _mixing_message(f"A {name} layer", layer, "Use Perturbed here")
                 )
-        total = math.prod(strides)
-        if total != self.pool_stride:
-            raise ValueError(
-                f"A {name}(..., pool_stride={self.pool_stride}) layer is followed "
-                f"by pooling of total stride {total} before its block's head; set "
-                f"pool_stride={total}."
-            )
+        _check_pool_stride(name, self.pool_stride, strides)
 
     def pair(
         self,
@@ -325,20 +317,203 @@ class LocationPerturbed(_AbstractAffineSite):
         own = shape[:axis] + shape[axis + 1 :]
         if not locations:
             grid = grid.reshape(n, k, *([1] * len(own)), shape[axis])
-        elif tuple(size // self.pool_stride for size in own) != tuple(locations):
-            raise ValueError(
-                f"A {type(self).__name__}(..., pool_stride={self.pool_stride}) "
-                f"layer's output has locations {own}, which pool to "
-                f"{tuple(size // self.pool_stride for size in own)}, but its "
-                f"block's head has locations {tuple(locations)}."
-            )
         else:
+            _check_locations(type(self).__name__, self.pool_stride, own, locations)
             for i, size in enumerate(own):
                 grid = jnp.repeat(grid, self.pool_stride, axis=2 + i)
                 pad = [(0, 0)] * grid.ndim
                 pad[2 + i] = (0, size - grid.shape[2 + i])
                 grid = jnp.pad(grid, pad)
         return jnp.moveaxis(grid, -1, 2 + axis)
+
+
+def _check_pool_stride(name: str, pool_stride: int, strides: list[int]) -> None:
+    """A `ValueError` unless the pools after a site have total stride
+    `pool_stride`."""
+    total = math.prod(strides)
+    if total != pool_stride:
+        raise ValueError(
+            f"A {name}(..., pool_stride={pool_stride}) layer is followed by pooling "
+            f"of total stride {total} before its block's head; set "
+            f"pool_stride={total}."
+        )
+
+
+def _check_locations(
+    name: str, pool_stride: int, own: Sequence[int], locations: Sequence[int]
+) -> None:
+    """A `ValueError` unless a site's output locations `own` pool to the head's."""
+    pooled = tuple(size // pool_stride for size in own)
+    if pooled != tuple(locations):
+        raise ValueError(
+            f"A {name}(..., pool_stride={pool_stride}) layer's output has locations "
+            f"{tuple(own)}, which pool to {pooled}, but its block's head has "
+            f"locations {tuple(locations)}."
+        )
+
+
+def _pool_stride(layer: eqx.nn.Pool, name: str) -> int:
+    """The stride of a non-overlapping, unpadded pool; a `ValueError` otherwise."""
+    padded = any(p != (0, 0) for p in layer.padding)
+    stride = set(layer.stride)
+    if layer.kernel_size != layer.stride or len(stride) > 1 or padded or layer.use_ceil:
+        raise ValueError(
+            f"A {name} layer is followed by {layer!r}, whose windows overlap, are "
+            "padded or differ between axes: a unit would reach several locations of "
+            "its block's head. Use a pool with kernel_size equal to its stride, or "
+            "Perturbed."
+        )
+    return stride.pop()
+
+
+def _conv_reach(conv: eqx.nn.Conv, name: str) -> int:
+    """How far (in positions, on any axis) a stride-1, size-preserving convolution
+    moves a unit's influence; a `ValueError` for other convolutions."""
+    reach = 0
+    for axis, (k, d, s) in enumerate(
+        zip(conv.kernel_size, conv.dilation, conv.stride, strict=True)
+    ):
+        span = (k - 1) * d
+        if conv.padding == "SAME":  # XLA puts the odd position at the end
+            low, high = span // 2, span - span // 2
+        elif conv.padding == "SAME_LOWER":
+            low, high = span - span // 2, span // 2
+        elif isinstance(conv.padding, str):  # VALID
+            low, high = 0, 0
+        else:
+            low, high = conv.padding[axis]
+        if s != 1 or low + high != span:
+            raise ValueError(
+                f"A {name} layer is followed by {conv!r}, which does not keep the "
+                "positions (stride 1 and padding='SAME' do): a unit's reach "
+                "cannot be told. Use Perturbed here."
+            )
+        reach = max(reach, low, span - low)
+    return reach
+
+
+class NeighbourhoodPerturbed(_AbstractAffineSite):
+    """A convolution's output as a site paired with the loss copies of its
+    neighbourhood: with a `fwdeqx.local.LocationHead`, the unit at position i gets
+    the sum, over every channel group, of the copies at the head locations whose
+    pooling windows meet [i − `reach`, i + `reach`] (on every spatial axis).
+
+    This is the pairing for a layer whose output later layers mix across channels
+    before the head: the first convolution of `fwdeqx.local.location_cnn`'s
+    blocks, and the patch-embedding, token-mixing and channel-mixing layers of
+    `fwdeqx.local.location_mixer` (`reach=0`). Every group's copies are kept, but
+    a later convolution moves a unit's influence by at most its padding, and
+    per-location layers not at all, so copies beyond `reach` cannot depend on the
+    unit, and leaving them out removes their noise without a bias. `Perturbed`
+    pairs such a layer with every copy instead.
+
+    The site's output is channel-first, `(C, *locations)`. `Block` accepts after it
+    elementwise and channel-preserving layers, per-location layers
+    (`fwdeqx.local.AbstractLocationwise`), stride-1 size-preserving convolutions
+    (`padding="SAME"`, 1×1 ones included, possibly themselves sites), whose
+    reaches must add up to at most `reach`, and then non-overlapping pools whose
+    strides multiply to `pool_stride`; it refuses anything else with an error
+    saying what to change.
+
+    **Arguments:**
+
+    - `layer`: an `eqx.nn.Conv` (`Conv1d`, `Conv2d`, …), or an `eqx.nn.Linear`
+        with `tokenwise=True` applied to the rows of channel-first `(C, tokens)`
+        features (a token-mixing layer: its output's rows are channels, its
+        columns locations).
+    - `tokenwise`: as in `fwdeqx.local.Perturbed`; required for a `Linear`.
+    - `reach`: how far the later convolutions move a unit's influence: the sum of
+        their half-widths (1 for one 3×3 convolution with `padding="SAME"`).
+    - `pool_stride`: the total stride of the pooling before the head, as in
+        `fwdeqx.local.LocationPerturbed`.
+    """
+
+    reach: int = eqx.field(static=True, default=1, kw_only=True)
+    pool_stride: int = eqx.field(static=True, default=1, kw_only=True)
+
+    def __check_init__(self):
+        if not (isinstance(self.layer, eqx.nn.Conv) or self.tokenwise):
+            raise TypeError(
+                "fwdeqx.local.NeighbourhoodPerturbed wraps an eqx.nn.Conv, or an "
+                "eqx.nn.Linear with tokenwise=True, got "
+                f"{type(self.layer).__name__}."
+            )
+        for field in ("reach", "pool_stride"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < (field == "pool_stride"):
+                raise ValueError(
+                    f"NeighbourhoodPerturbed {field}={value!r} must be a "
+                    + ("positive" if field == "pool_stride" else "non-negative")
+                    + " int."
+                )
+
+    @property
+    def channel_axis(self) -> int:
+        """0: the output is channel-first (for a tokenwise `Linear`, its rows)."""
+        return 0
+
+    def check_downstream(self, layers: Sequence[Callable]) -> None:
+        """Location-preserving layers: convolutions of total reach at most
+        `reach`, then non-overlapping pools of total stride `pool_stride`."""
+        name = type(self).__name__
+        reach, strides = 0, []
+        for layer in layers:
+            inner = layer.layer if isinstance(layer, AbstractSite) else layer
+            if isinstance(inner, eqx.nn.Conv):
+                if strides:
+                    raise ValueError(
+                        f"A {name} layer is followed by pooling and then by "
+                        f"{inner!r}; only pooling after the last convolution is "
+                        "supported. Use Perturbed here."
+                    )
+                reach += _conv_reach(inner, name)
+            elif isinstance(inner, eqx.nn.Pool):
+                strides.append(_pool_stride(inner, name))
+            elif not (
+                isinstance(inner, AbstractLocationwise) or preserves_channels(inner, 0)
+            ):
+                raise ValueError(
+                    f"A {name} layer is followed by {inner!r} before its block's "
+                    "head, which may mix locations. Use Perturbed here, or declare "
+                    "a custom location-preserving module by subclassing "
+                    "fwdeqx.local.AbstractLocationwise."
+                )
+        if reach > self.reach:
+            raise ValueError(
+                f"A {name}(..., reach={self.reach}) layer is followed by "
+                f"convolutions that move a unit's influence by {reach} positions; "
+                f"set reach={reach}."
+            )
+        _check_pool_stride(name, self.pool_stride, strides)
+
+    def pair(
+        self,
+        derivatives: Float[Array, "n k copies"],
+        shape: tuple[int, ...],
+        head: AbstractHead | None,
+    ) -> Array:
+        """The unit at position i gets the sum of every group's copies at the
+        head locations within its neighbourhood; every unit the sum of all
+        copies when `head` is `None` or has no locations."""
+        if head is None or len(head.copy_shape) == 1:  # no location copies
+            return _summed(derivatives, len(shape))
+        *locations, _ = head.copy_shape
+        spatial = shape[1:]
+        _check_locations(type(self).__name__, self.pool_stride, spatial, locations)
+        n, k, _ = derivatives.shape
+        grid = derivatives.reshape(n, k, *locations, -1).sum(axis=-1)
+        for axis, (size, count) in enumerate(zip(spatial, locations, strict=True)):
+            position = jnp.arange(size)[:, None]
+            start = jnp.arange(count)[None, :] * self.pool_stride
+            window = (start <= position + self.reach) & (
+                start + self.pool_stride - 1 >= position - self.reach
+            )
+            grid = jnp.moveaxis(
+                jnp.tensordot(grid, window.astype(grid.dtype), axes=[[2 + axis], [1]]),
+                -1,
+                2 + axis,
+            )
+        return grid[:, :, None]
 
 
 def _mixing_message(site: str, layer: Any, remedy: str) -> str:
