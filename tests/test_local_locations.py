@@ -145,6 +145,42 @@ def test_neighbourhood_copies_unbiased_and_too_small_reach_biased():
         assert not unbiasedness(samples, truth)[0]
 
 
+def test_grouped_neighbourhood_copies_unbiased_and_mixed_groups_biased():
+    """The first conv paired with its own group's copies within its reach is
+    unbiased for `LocalLoss` when the second conv keeps the 2 groups apart
+    (`groups=2`); with a second conv that mixes the groups (checks skipped), a
+    unit's tangent also reaches the other group's copies, which the pairing
+    misses: biased."""
+    with jax.enable_x64(True):
+        k = jax.random.split(jax.random.key(11), 4)
+        first = eqx.nn.Conv2d(1, 4, 3, padding="SAME", key=k[0], dtype=F64)
+
+        def net(site, groups):
+            second = eqx.nn.Conv2d(
+                4, 4, 3, padding="SAME", groups=groups, key=k[1], dtype=F64
+            )
+            head = fl.LinearHead(4, 3, groups=2, key=k[2], dtype=F64)
+            layers = [site, jax.nn.relu, fl.LocationPerturbed(second, pool_stride=2)]
+            layers += [jax.nn.relu, eqx.nn.MaxPool2d(2, 2)]
+            block = fl.Block(layers, fl.LocationHead(head, (3, 3)))
+            return fl.LocalNetwork([block])
+
+        right = fl.NeighbourhoodPerturbed(first, reach=1, pool_stride=2, groups=2)
+        model = net(right, groups=2)
+        x, y = batch(k[3], (1, 6, 6))
+        objective, estimator = fl.LocalLoss(), fl.ActivityPerturbation()
+        truth = exact(objective, model, x, y)
+        assert_unbiased(
+            estimator, objective, model, x, y, key=jax.random.key(12), truth=truth
+        )
+        wrong = net(Shortsighted(first, reach=1, pool_stride=2, groups=2), groups=1)
+        truth = exact(objective, wrong, x, y)
+        samples = flat_estimates(
+            estimator, objective, wrong, x, y, key=jax.random.key(13), num=1000
+        )
+        assert not unbiasedness(samples, truth)[0]
+
+
 def test_mixer_token_copies_unbiased():
     with jax.enable_x64(True):
         model = mixer_net(jax.random.key(4))
@@ -263,3 +299,34 @@ def test_neighbourhood_misconfigurations_refused(getkey):
         site(-1)
     with pytest.raises(TypeError, match=r"wraps an eqx\.nn\.Conv"):
         fl.NeighbourhoodPerturbed(eqx.nn.Linear(2, 2, key=getkey()))
+
+
+def test_grouped_neighbourhood_misconfigurations_refused(getkey):
+    """A grouped neighbourhood site refuses later layers that mix its groups, and a
+    head whose groups do not divide its own."""
+    conv = lambda groups=1: eqx.nn.Conv2d(
+        4, 4, 1, groups=groups, key=getkey(), padding="SAME"
+    )
+    head = lambda groups: fl.LocationHead(
+        fl.LinearHead(4, 3, groups=groups, key=getkey()), (6, 6)
+    )
+    site = lambda groups=2: fl.NeighbourhoodPerturbed(conv(), reach=0, groups=groups)
+    fl.Block([site(), jax.nn.relu, conv(groups=4)], head(2))
+    fl.Block(
+        [
+            site(),
+            fl.location_mixer(4, 1, 2, 4, 1, 3, key=getkey(), groups=2)
+            .blocks[0]
+            .layers[6],
+        ],
+        head(2),
+    )  # the mixer's N_G keeps 2 groups
+    with pytest.raises(ValueError, match="mixes channels across its 2 groups"):
+        fl.Block([site(), jax.nn.relu, conv()], head(2))
+    with pytest.raises(ValueError, match="mixes channels across its 2 groups"):
+        fl.Block([site(), eqx.nn.LayerNorm((4, 6, 6))], head(2))
+    with pytest.raises(ValueError, match="positive int"):
+        site(0)
+    derivatives = jnp.zeros((1, 1, 6 * 6 * 4))
+    with pytest.raises(ValueError, match="head's groups must divide groups"):
+        site(2).pair(derivatives, (4, 6, 6), head(4))

@@ -11,7 +11,8 @@ and channel group (Ren et al.'s patch-wise losses).
 
 New pieces are one subclass each: a perturbation site (`AbstractSite`), a head
 (`AbstractHead`), an objective (`AbstractLocalObjective`); `AbstractReLU` and
-`AbstractChannelwise` declare custom activations. `alignment` measures, per
+`AbstractChannelwise` declare custom activations, `AbstractLocationwise` and
+`AbstractGroupwise` custom per-location layers. `alignment` measures, per
 perturbed layer, how well an estimate points along the exact gradients.
 """
 
@@ -41,6 +42,7 @@ from ._objectives import (
 )
 from ._sites import (
     AbstractChannelwise as AbstractChannelwise,
+    AbstractGroupwise as AbstractGroupwise,
     AbstractLocationwise as AbstractLocationwise,
     AbstractReLU as AbstractReLU,
     AbstractSite as AbstractSite,
@@ -52,6 +54,7 @@ from ._sites import (
 
 __all__ = [
     "AbstractChannelwise",
+    "AbstractGroupwise",
     "AbstractHead",
     "AbstractLocalObjective",
     "AbstractLocationwise",

@@ -13,7 +13,7 @@ from jaxtyping import Array, PRNGKeyArray
 from ._heads import LinearHead, LocationHead
 from ._layers import Block, LocalNetwork, Residual
 from ._sites import (
-    AbstractLocationwise,
+    AbstractGroupwise,
     LocationPerturbed,
     NeighbourhoodPerturbed,
     Perturbed,
@@ -42,7 +42,7 @@ class _Patches(eqx.Module):
         return x.reshape((h // p) * (w // p), p * p * c)
 
 
-class _Normalize(AbstractLocationwise):
+class _Normalize(AbstractGroupwise):
     """Parameter-free layer normalisation of channel-first features `(C, *locations)`:
     at every location, each of `groups` contiguous channel groups is normalised to
     zero mean and unit variance over its channels (Ren et al.'s LayerNorm, which
@@ -349,9 +349,12 @@ def location_mixer(
     The grouped linear (a 1×1 `Conv1d` with `groups`, Ren's block-diagonal
     `group_linear`) is a `LocationPerturbed` site: its unit at patch l in group g
     reaches the head only at (l, g), so it is paired with that copy alone. The
-    embedding, token-mixing and channel-mixing layers are
-    `NeighbourhoodPerturbed(..., reach=0)` sites: only per-patch layers follow
-    them, so each unit is paired with its own patch's copies (every group's).
+    embedding and channel-mixing layers are `NeighbourhoodPerturbed(..., reach=0,
+    groups=groups)` sites: only per-patch layers that keep the channel groups
+    apart (ReLU, N_G, the grouped linear) follow them, so their unit at patch l in
+    group g is paired with copy (l, g) too. The token-mixing layer is followed by
+    N, which mixes every channel of a patch: its units are paired with their own
+    patch's copies of every group (`reach=0`, `groups=1`).
 
     Differences from Ren et al.: their LayerNorm also follows each linear layer,
     with the perturbation added after it; here a site's output is its affine
@@ -400,10 +403,12 @@ def location_mixer(
             fan_in, width, 1, groups=site_groups, key=next(keys), dtype=dtype
         )
 
-    def by_patch(layer: eqx.nn.Linear | eqx.nn.Conv1d) -> NeighbourhoodPerturbed:
-        # Later layers act on each patch separately: its own patch's copies.
+    def by_patch(
+        layer: eqx.nn.Linear | eqx.nn.Conv1d, kept: int
+    ) -> NeighbourhoodPerturbed:
+        # Later layers act on each patch separately, keeping `kept` groups apart.
         tokenwise = isinstance(layer, eqx.nn.Linear)
-        return NeighbourhoodPerturbed(layer, reach=0, tokenwise=tokenwise)
+        return NeighbourhoodPerturbed(layer, reach=0, tokenwise=tokenwise, groups=kept)
 
     def grouped() -> list:
         return [_Normalize(groups), LocationPerturbed(pointwise(width, groups))]
@@ -416,7 +421,7 @@ def location_mixer(
                 _Patches(size),
                 jnp.transpose,  # (P, pixels) -> (pixels, P)
                 _Normalize(),
-                by_patch(pointwise(size * size * in_channels)),
+                by_patch(pointwise(size * size * in_channels), groups),
                 jax.nn.relu,
                 *grouped(),
                 jax.nn.relu,
@@ -425,10 +430,10 @@ def location_mixer(
             token = eqx.nn.Linear(tokens, tokens, key=next(keys), dtype=dtype)
             branch = [
                 _Normalize(),
-                by_patch(token),
+                by_patch(token, 1),
                 jax.nn.relu,
                 _Normalize(),
-                by_patch(pointwise(width)),
+                by_patch(pointwise(width), groups),
                 jax.nn.relu,
                 *grouped(),
             ]

@@ -34,6 +34,18 @@ class AbstractLocationwise(eqx.Module):
     head. Subclass it to declare a custom module location-preserving."""
 
 
+class AbstractGroupwise(AbstractLocationwise):
+    """Marker base of location-preserving modules (see `AbstractLocationwise`) that
+    mix channels only within `groups` contiguous channel groups of the same size,
+    channel group g of the output depending on group g of the input alone (a layer
+    normalisation within each group, a grouped 1×1 convolution written by hand): a
+    `fwdeqx.local.NeighbourhoodPerturbed(..., groups=G)` site may be followed by
+    them when `groups` is a multiple of G. Subclass it, with a `groups` field, to
+    declare a custom module group-preserving."""
+
+    groups: eqx.AbstractVar[int]
+
+
 class AbstractReLU(AbstractChannelwise):
     """Marker base of modules computing `max(x, 0)` elementwise. A site directly
     followed by one (or by `jax.nn.relu`, or `eqx.nn.Lambda(jax.nn.relu)`) has its
@@ -396,7 +408,9 @@ class NeighbourhoodPerturbed(_AbstractAffineSite):
     """A convolution's output as a site paired with the loss copies of its
     neighbourhood: with a `fwdeqx.local.LocationHead`, the unit at position i gets
     the sum, over every channel group, of the copies at the head locations whose
-    pooling windows meet [i − `reach`, i + `reach`] (on every spatial axis).
+    pooling windows meet [i − `reach`, i + `reach`] (on every spatial axis). With
+    `groups=G`, where the later layers keep G channel groups apart, a unit of the
+    head's channel group g gets only group g's copies in its neighbourhood.
 
     This is the pairing for a layer whose output later layers mix across channels
     before the head: the first convolution of `fwdeqx.local.location_cnn`'s
@@ -413,7 +427,12 @@ class NeighbourhoodPerturbed(_AbstractAffineSite):
     (`padding="SAME"`, 1×1 ones included, possibly themselves sites), whose
     reaches must add up to at most `reach`, and then non-overlapping pools whose
     strides multiply to `pool_stride`; it refuses anything else with an error
-    saying what to change.
+    saying what to change. With `groups=G` > 1 the layers that mix channels must
+    also keep G groups apart: convolutions whose `groups` is a multiple of G (a
+    grouped 1×1 convolution), and per-location layers that subclass
+    `fwdeqx.local.AbstractGroupwise` with such `groups` (a layer normalisation
+    within each group). `fwdeqx.local.location_mixer` pairs its patch-embedding
+    and channel-mixing layers this way.
 
     **Arguments:**
 
@@ -426,10 +445,14 @@ class NeighbourhoodPerturbed(_AbstractAffineSite):
         their half-widths (1 for one 3×3 convolution with `padding="SAME"`).
     - `pool_stride`: the total stride of the pooling before the head, as in
         `fwdeqx.local.LocationPerturbed`.
+    - `groups`: the number of contiguous channel groups of this layer's output
+        that the later layers keep apart (1: none, every group's copies are
+        summed). The block head's groups must divide it.
     """
 
     reach: int = eqx.field(static=True, default=1, kw_only=True)
     pool_stride: int = eqx.field(static=True, default=1, kw_only=True)
+    groups: int = eqx.field(static=True, default=1, kw_only=True)
 
     def __check_init__(self):
         if not (isinstance(self.layer, eqx.nn.Conv) or self.tokenwise):
@@ -438,12 +461,13 @@ class NeighbourhoodPerturbed(_AbstractAffineSite):
                 "eqx.nn.Linear with tokenwise=True, got "
                 f"{type(self.layer).__name__}."
             )
-        for field in ("reach", "pool_stride"):
+        for field in ("reach", "pool_stride", "groups"):
             value = getattr(self, field)
-            if not isinstance(value, int) or value < (field == "pool_stride"):
+            positive = field != "reach"
+            if type(value) is not int or value < positive:
                 raise ValueError(
                     f"NeighbourhoodPerturbed {field}={value!r} must be a "
-                    + ("positive" if field == "pool_stride" else "non-negative")
+                    + ("positive" if positive else "non-negative")
                     + " int."
                 )
 
@@ -454,11 +478,13 @@ class NeighbourhoodPerturbed(_AbstractAffineSite):
 
     def check_downstream(self, layers: Sequence[Callable]) -> None:
         """Location-preserving layers: convolutions of total reach at most
-        `reach`, then non-overlapping pools of total stride `pool_stride`."""
+        `reach`, then non-overlapping pools of total stride `pool_stride`; with
+        `groups` > 1, only layers that keep those groups apart."""
         name = type(self).__name__
         reach, strides = 0, []
         for layer in layers:
             inner = layer.layer if isinstance(layer, AbstractSite) else layer
+            self._check_groups_kept(inner)
             if isinstance(inner, eqx.nn.Conv):
                 if strides:
                     raise ValueError(
@@ -486,22 +512,60 @@ class NeighbourhoodPerturbed(_AbstractAffineSite):
             )
         _check_pool_stride(name, self.pool_stride, strides)
 
+    def _check_groups_kept(self, layer: Any) -> None:
+        """A `ValueError` unless `layer` keeps this site's `groups` apart."""
+        if self.groups == 1 or preserves_channels(layer, 0):
+            return
+        grouping = isinstance(layer, eqx.nn.Conv | AbstractGroupwise)
+        kept = layer.groups if grouping else 1
+        if kept % self.groups != 0:
+            raise ValueError(
+                f"A NeighbourhoodPerturbed(..., groups={self.groups}) layer is "
+                f"followed by {layer!r} before its block's head, which mixes "
+                f"channels across its {self.groups} groups (it keeps {kept} apart). "
+                "Use groups=1 here, a convolution whose groups is a multiple of "
+                f"{self.groups}, or a per-location module subclassing "
+                "fwdeqx.local.AbstractGroupwise."
+            )
+
+    def _head_groups(self, shape: tuple[int, ...], head: AbstractHead) -> int:
+        """The head's channel groups, checked against this site's `groups` and
+        output channels (1 when `groups` is 1: every group's copies summed)."""
+        if self.groups == 1:
+            return 1
+        head_groups = head.copy_shape[-1]
+        if self.groups % head_groups != 0 or shape[0] % self.groups != 0:
+            raise ValueError(
+                f"A NeighbourhoodPerturbed(..., groups={self.groups}) layer has "
+                f"{shape[0]} output channels and its block's head has "
+                f"{head_groups} channel groups: the head's groups must divide "
+                "groups, and groups the channels."
+            )
+        return head_groups
+
     def pair(
         self,
         derivatives: Float[Array, "n k copies"],
         shape: tuple[int, ...],
         head: AbstractHead | None,
     ) -> Array:
-        """The unit at position i gets the sum of every group's copies at the
-        head locations within its neighbourhood; every unit the sum of all
-        copies when `head` is `None` or has no locations."""
-        if head is None or len(head.copy_shape) == 1:  # no location copies
+        """The unit at position i gets the sum of the copies at the head locations
+        within its neighbourhood: of every group's, or of its own channel group's
+        with `groups` > 1; every unit the sum of all copies when `head` is
+        `None`, or has no locations and `groups` is 1."""
+        if head is None or (len(head.copy_shape) == 1 and self.groups == 1):
             return _summed(derivatives, len(shape))
-        *locations, _ = head.copy_shape
+        *locations, groups = head.copy_shape
         spatial = shape[1:]
-        _check_locations(type(self).__name__, self.pool_stride, spatial, locations)
+        kept = self._head_groups(shape, head)
         n, k, _ = derivatives.shape
-        grid = derivatives.reshape(n, k, *locations, -1).sum(axis=-1)
+        grid = derivatives.reshape(n, k, *locations, kept, groups // kept).sum(-1)
+        grid = jnp.moveaxis(grid, -1, 2)  # [N, K, kept, *locations]
+        if not locations:
+            return jnp.repeat(grid, shape[0] // kept, axis=2).reshape(
+                n, k, shape[0], *([1] * len(spatial))
+            )
+        _check_locations(type(self).__name__, self.pool_stride, spatial, locations)
         for axis, (size, count) in enumerate(zip(spatial, locations, strict=True)):
             position = jnp.arange(size)[:, None]
             start = jnp.arange(count)[None, :] * self.pool_stride
@@ -509,11 +573,11 @@ class NeighbourhoodPerturbed(_AbstractAffineSite):
                 start + self.pool_stride - 1 >= position - self.reach
             )
             grid = jnp.moveaxis(
-                jnp.tensordot(grid, window.astype(grid.dtype), axes=[[2 + axis], [1]]),
+                jnp.tensordot(grid, window.astype(grid.dtype), axes=[[3 + axis], [1]]),
                 -1,
-                2 + axis,
+                3 + axis,
             )
-        return grid[:, :, None]
+        return grid if kept == 1 else jnp.repeat(grid, shape[0] // kept, axis=2)
 
 
 def _mixing_message(site: str, layer: Any, remedy: str) -> str:
