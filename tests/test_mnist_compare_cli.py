@@ -17,6 +17,13 @@ from .helpers import write_random_mnist
 ROOT = Path(__file__).parents[1]
 
 
+def _default_sigint() -> None:
+    """In the child, before Python starts: Ctrl-C's default action. A test run
+    started in the background (`cmd &`, as CI scripts may) inherits SIGINT
+    ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_says_how_to_resume_and_keeps_finished_runs(tmp_path):
     """Ctrl-C after the second run: exit status 130, a one-line message, and the
     finished runs kept. Each run has 2,000 steps, so that the 500 runs cannot all
@@ -34,7 +41,7 @@ def test_ctrl_c_says_how_to_resume_and_keeps_finished_runs(tmp_path):
     with open(tmp_path / "stderr.txt", "w") as stderr_file:
         process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr_file,
-            text=True,
+            text=True, preexec_fn=_default_sigint,
         )  # fmt: skip
         try:
             assert process.stdout is not None
