@@ -17,11 +17,16 @@ from .helpers import write_random_mnist
 ROOT = Path(__file__).parents[1]
 
 
-def _default_sigint() -> None:
-    """In the child, before Python starts: Ctrl-C's default action. A test run
-    started in the background (`cmd &`, as CI scripts may) inherits SIGINT
-    ignored, and Python then installs no KeyboardInterrupt handler."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# Runs the experiment as `python -m` does, with Ctrl-C's KeyboardInterrupt: a test run
+# started in the background (`cmd &`, as CI scripts may) passes SIGINT on ignored, and
+# Python then installs no KeyboardInterrupt handler.
+AS_IN_A_TERMINAL = (
+    "import runpy, signal, sys; "
+    "signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'experiments.mnist_compare'; "
+    "runpy.run_module('experiments.mnist_compare', run_name='__main__', "
+    "alter_sys=True)"
+)
 
 
 def test_ctrl_c_says_how_to_resume_and_keeps_finished_runs(tmp_path):
@@ -32,7 +37,7 @@ def test_ctrl_c_says_how_to_resume_and_keeps_finished_runs(tmp_path):
     write_random_mnist(tmp_path, train=128, test=50)
     out = tmp_path / "out"
     command = [
-        sys.executable, "-m", "experiments.mnist_compare", "--model", "logreg",
+        sys.executable, "-c", AS_IN_A_TERMINAL, "--model", "logreg",
         "--data-dir", str(tmp_path), "--iterations", "2000", "--eval-every", "1000",
         "--seeds", "500", "--estimators", "backprop", "--optimizers", "sgd",
         "--lrs", "0.01", "--out", str(out),
@@ -41,7 +46,7 @@ def test_ctrl_c_says_how_to_resume_and_keeps_finished_runs(tmp_path):
     with open(tmp_path / "stderr.txt", "w") as stderr_file:
         process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr_file,
-            text=True, preexec_fn=_default_sigint,
+            text=True,
         )  # fmt: skip
         try:
             assert process.stdout is not None
