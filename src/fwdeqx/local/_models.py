@@ -287,11 +287,6 @@ def location_cnn(
     widths = (channels,) if isinstance(channels, int) else tuple(channels)
     if not widths:
         raise ValueError("location_cnn needs at least one block (channels).")
-    if groups < 1 or any(width % groups for width in widths):
-        raise ValueError(
-            f"groups={groups} must be a positive divisor of every entry of "
-            f"channels={widths}."
-        )
     if image_size % 2 ** len(widths) != 0:
         raise ValueError(
             f"location_cnn halves the image in each of its {len(widths)} blocks: "
